@@ -1,0 +1,272 @@
+"""`pipeline` command line: one subcommand per workflow stage, each usable without Snakemake.
+
+    pipeline prepare  --config C --dataset D          adapter -> data_manifests/D.csv
+    pipeline split    --config C --dataset D          frozen split -> data_manifests/D.split.csv
+    pipeline train    --config C --experiment E [--seed K]
+    pipeline predict  --config C --experiment E [--seed K]
+    pipeline evaluate --config C --experiment E [--seed K]
+    pipeline report   --config C --experiment E [--seed K]
+    pipeline compare  --config C
+    pipeline list     losses|models|segmenters|adapters|samplers
+A run can also be named by its resolved config file (`--run-config results/E/seedK/run.yaml`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import config as cfgmod
+from pipeline.errors import DataError, PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _run_config(args) -> dict:
+    if args.run_config:
+        return cfgmod.read_yaml(args.run_config)
+    if not (args.config and args.experiment):
+        raise PipelineError("name a run with --config and --experiment (and --seed), or with --run-config")
+    config = cfgmod.load_config(args.config)
+    seed = args.seed if args.seed is not None else config["seeds"][0]
+    return cfgmod.resolve_experiment(config, args.experiment, seed)
+
+
+def _dataset_args(args) -> tuple[dict, Path, Path]:
+    """(dataset settings, manifest path, split path) from --config/--dataset or --dataset-spec (JSON)."""
+    if args.dataset_spec:
+        spec = json.loads(args.dataset_spec)
+        config = cfgmod.validate_config({"manifests_dir": spec.pop("manifests_dir"), "datasets": {spec["name"]: spec},
+                                         "experiments": {"_": {"dataset": spec["name"]}}})
+        name = spec["name"]
+    elif args.config and args.dataset:
+        config, name = cfgmod.load_config(args.config), args.dataset
+    else:
+        raise PipelineError("name a dataset with --config and --dataset, or with --dataset-spec")
+    if name not in config["datasets"]:
+        raise PipelineError(f"unknown dataset {name!r}; the config has {sorted(config['datasets'])}")
+    dataset = dict(config["datasets"][name], name=name)
+    return dataset, cfgmod.manifest_path(config, name), cfgmod.split_manifest_path(config, name)
+
+
+# -------------------------------------------------------------------------------------------- stages
+def cmd_prepare(args) -> None:
+    from pipeline.data.adapters import get_adapter
+    from pipeline.data.manifest import validate_manifest, write_manifest
+
+    dataset, out, _ = _dataset_args(args)
+    adapter = get_adapter(dataset["adapter"])
+    frame = adapter(Path(dataset["root"]), list(dataset["classes"]), Path(dataset["mask_root"]), **dataset["params"])
+    frame.attrs["source"] = f"adapter {dataset['adapter']!r} for dataset {dataset['name']!r}"
+    validate_manifest(frame, task=dataset["task"], classes=list(dataset["classes"]), root=Path(dataset["root"]),
+                      mask_root=Path(dataset["mask_root"]), check_files=True)
+    write_manifest(frame, out)
+    log.info("wrote %s (%d images, %d groups)", out, len(frame), frame["group_id"].nunique())
+
+
+def _lesion_counts(frame: pd.DataFrame, dataset: dict) -> pd.DataFrame:
+    """Lesions per type per image for stratifying a segmentation split (n_<type> columns, else the masks)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from pipeline.data.io import read_label_map
+    from pipeline.data.manifest import resolve
+
+    types = list(dataset["classes"])
+    columns = [f"n_{t}" for t in types]
+    if all(c in frame.columns for c in columns):
+        return frame[columns].fillna(0).astype(int).set_axis(types, axis=1)
+    rows = []
+    for path in frame["mask_path"]:
+        mask = read_label_map(resolve(path, Path(dataset["mask_root"])))
+        rows.append([ndimage.label(mask == i + 1)[1] for i in range(len(types))])
+    return pd.DataFrame(np.asarray(rows), columns=types, index=frame.index)
+
+
+def cmd_split(args) -> None:
+    from pipeline.data.manifest import read_manifest, validate_manifest, write_manifest
+    from pipeline.data.splits import split_manifest
+
+    dataset, manifest, out = _dataset_args(args)
+    classes, task = list(dataset["classes"]), dataset["task"]
+    frame = validate_manifest(read_manifest(manifest), task=task, classes=classes)
+    if out.exists():
+        frozen = validate_manifest(read_manifest(out), task=task, classes=classes, require_split=True)
+        if set(frozen["image_id"]) != set(frame["image_id"]):
+            raise DataError(
+                f"{out} is a frozen split of a different manifest ({len(frozen)} vs {len(frame)} images). "
+                f"Splits never change silently: delete {out} to split again (results made with the old split "
+                "are then no longer comparable)."
+            )
+        log.info("%s exists and matches the manifest: kept unchanged", out)
+        return
+    counts = _lesion_counts(frame, dataset) if task == "segmentation" else None
+    split = split_manifest(frame, task=task, classes=classes, fractions=dataset["split"]["fractions"],
+                           seed=dataset["split"]["seed"], lesion_counts=counts)
+    write_manifest(split, out)
+    summary = split.groupby("split").size().to_dict()
+    log.info("wrote %s: %s images per split, grouped by %s", out, summary, dataset["grouping"])
+
+
+def cmd_train(args) -> None:
+    from pipeline.training import train
+
+    cfg = _run_config(args)
+    train(cfg, threads=args.threads)
+
+
+def cmd_predict(args) -> None:
+    from pipeline.training import amp_dtype_for, load_best_model, load_split, select_device
+
+    cfg = _run_config(args)
+    device = select_device(cfg["train"]["device"])
+    task, model = load_best_model(cfg, device)
+    frame = load_split(cfg)
+    test = frame[frame["split"] == args.split].reset_index(drop=True)
+    if test.empty:
+        raise DataError(f"{cfg['dataset']['manifest']}: no images in split {args.split!r}")
+    run_dir = Path(cfg["run_dir"])
+    table = task.predict(model, test, device, run_dir, amp_dtype=amp_dtype_for(device, cfg["train"]["amp"]))
+    from pipeline.data.manifest import write_manifest
+
+    write_manifest(table, run_dir / "predictions.csv")
+    log.info("wrote %s (%d %s images)", run_dir / "predictions.csv", len(table), args.split)
+
+
+def cmd_evaluate(args) -> None:
+    from pipeline.evaluation.run import evaluate_run
+
+    cfg = _run_config(args)
+    metrics = evaluate_run(cfg)
+    headline = metrics.get("balanced_accuracy") or metrics.get("mean_dice")
+    log.info("wrote %s/metrics.json (%s %.3f, 95%% CI %s)", cfg["run_dir"],
+             "balanced accuracy" if cfg["task"] == "classification" else "mean Dice", headline["value"], headline["ci95"])
+
+
+def cmd_report(args) -> None:
+    from pipeline.reporting.html import write_experiment_report
+
+    cfg = _run_config(args)
+    out = write_experiment_report(run_dir=Path(cfg["run_dir"]), config=cfg, out_path=Path(cfg["run_dir"]) / "report.html")
+    log.info("wrote %s", out)
+
+
+def cmd_compare(args) -> None:
+    from pipeline.reporting.compare import write_comparison
+
+    if args.runs:
+        run_dirs = [Path(r) for r in args.runs]
+        baselines = dict(item.split("=", 1) for item in args.baseline)
+        out_dir = Path(args.out_dir)
+    elif args.config:
+        config = cfgmod.load_config(args.config)
+        run_dirs = [cfgmod.run_dir(config, e, s) for e in config["experiments"] for s in config["seeds"]]
+        baselines, out_dir = baselines_of(config), Path(config["results_dir"])
+    else:
+        raise PipelineError("name the runs with --config, or with --runs/--baseline/--out-dir")
+    write_comparison(run_dirs=run_dirs, baselines=baselines, out_csv=out_dir / "comparison.csv",
+                     out_html=out_dir / "comparison.html")
+    log.info("wrote %s and %s", out_dir / "comparison.csv", out_dir / "comparison.html")
+
+
+def baselines_of(config: dict) -> dict[str, str]:
+    """The configured baseline per task, else the task's first experiment."""
+    baselines = dict(config["baselines"])
+    for name, experiment in config["experiments"].items():
+        task = config["datasets"][experiment["dataset"]]["task"]
+        baselines.setdefault(task, name)
+    return baselines
+
+
+def cmd_list(args) -> None:
+    if args.what == "losses":
+        from pipeline.losses import available_losses
+        items = available_losses()
+    elif args.what == "models":
+        from pipeline.models import available_classifiers
+        items = available_classifiers(args.pattern or "*")
+    elif args.what == "segmenters":
+        from pipeline.models import available_segmenters
+        items = available_segmenters()
+    elif args.what == "adapters":
+        from pipeline.data.adapters import available_adapters
+        items = available_adapters()
+    else:
+        from pipeline.sampling import available_samplers
+        items = available_samplers() + ["lesion_patches (segmentation)"]
+    print("\n".join(items))
+
+
+def cmd_resolve(args) -> None:
+    cfg = _run_config(args)
+    out = Path(args.out) if args.out else Path(cfg["run_dir"]) / "run.yaml"
+    cfgmod.write_yaml_atomic(cfg, out)
+    log.info("wrote %s", out)
+
+
+# ------------------------------------------------------------------------------------------ argparse
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def dataset_command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="workflow config YAML")
+        p.add_argument("--dataset", help="dataset name in the config")
+        p.add_argument("--dataset-spec", help="the dataset's settings as JSON (what the Snakefile passes)")
+        p.set_defaults(func=func)
+
+    def run_command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="workflow config YAML")
+        p.add_argument("--experiment", help="experiment name in the config")
+        p.add_argument("--seed", type=int, help="seed (default: the config's first)")
+        p.add_argument("--run-config", help="a resolved run config (run.yaml) instead of --config/--experiment/--seed")
+        p.set_defaults(func=func)
+        return p
+
+    dataset_command("prepare", cmd_prepare, "build a dataset's manifest (generating the synthetic default if needed)")
+    dataset_command("split", cmd_split, "write the frozen, seeded, grouped train/val/test split")
+    run_command("resolve", cmd_resolve, "write a run's resolved config").add_argument("--out")
+    run_command("train", cmd_train, "train one run; resumes from its last checkpoint").add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (Snakemake passes {threads})")
+    run_command("predict", cmd_predict, "predict the test split with the best checkpoint").add_argument(
+        "--split", default="test", choices=["val", "test"])
+    run_command("evaluate", cmd_evaluate, "metrics.json, confusion matrix and per-class tables")
+    run_command("report", cmd_report, "the clinician-facing HTML report of one run")
+    p = sub.add_parser("compare", help="comparison table and report across experiments")
+    p.add_argument("--config", help="workflow config YAML (all its experiments and seeds)")
+    p.add_argument("--runs", nargs="+", help="run folders results/<experiment>/seed<k> (instead of --config)")
+    p.add_argument("--baseline", nargs="*", default=[], help="task=experiment pairs, e.g. classification=cls_ce")
+    p.add_argument("--out-dir", default="results")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("list", help="what can be named in a config")
+    p.add_argument("what", choices=["losses", "models", "segmenters", "adapters", "samplers"])
+    p.add_argument("pattern", nargs="?", help="glob for models, e.g. 'resnet*'")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except PipelineError as exc:
+        if args.verbose:
+            raise
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

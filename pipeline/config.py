@@ -1,0 +1,190 @@
+"""Load and validate workflow configs, and resolve one experiment's full settings.
+
+The workflow config (``configs/config.yaml``) names datasets and experiments. An experiment is a
+small override of its task's ``defaults`` (nnU-Net style: variants are overrides, not copies). The
+*resolved* config of one run (experiment × seed) is self-contained: it is written beside every
+checkpoint and is all that the train / predict / evaluate / report stages read.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pipeline import __version__
+from pipeline.errors import ConfigError
+
+SCHEMA_FILE = "config.schema.yaml"
+# Settings every experiment gets unless the config's `defaults` or the experiment says otherwise.
+BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classification": {
+        "model": {"name": "resnet10t", "pretrained_path": None, "params": {}},
+        "loss": {"name": "ce"},
+        "sampler": {"name": "none"},
+        "train": {
+            "epochs": 10, "batch_size": 32, "image_size": 64, "augment": True, "amp": "auto",
+            "device": "auto", "num_workers": 0, "grad_clip": None, "max_train_batches": None,
+            "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+            "scheduler": {"name": "cosine", "warmup_epochs": 0},
+        },
+        "predict": {"batch_size": 64},
+    },
+    "segmentation": {
+        "model": {"name": "Unet", "encoder": "resnet18", "pretrained_path": None, "params": {}},
+        "loss": {"name": "dice_ce"},
+        "sampler": {"name": "none"},
+        "train": {
+            "epochs": 20, "batch_size": 16, "patch_size": 64, "patches_per_image": 4, "augment": True,
+            "amp": "auto", "device": "auto", "num_workers": 0, "grad_clip": None, "max_train_batches": None,
+            "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+            "scheduler": {"name": "cosine", "warmup_epochs": 0},
+        },
+        "predict": {"batch_size": 8, "overlap": 0.25, "min_lesion_area": 4},
+    },
+}
+DEFAULT_SPLIT = {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}
+
+
+def load_schema() -> dict:
+    text = resources.files("pipeline.schemas").joinpath(SCHEMA_FILE).read_text()
+    return yaml.safe_load(text)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with path.open() as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate against the JSON schema and cross-references; return a copy with defaults filled."""
+    config = copy.deepcopy(config)
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  at {'/'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors[:10]]
+        raise ConfigError(f"{source} does not match the config schema:\n" + "\n".join(lines))
+    config.setdefault("results_dir", "results")
+    config.setdefault("manifests_dir", "data_manifests")
+    config.setdefault("seeds", [0])
+    config.setdefault("baselines", {})
+    config.setdefault("defaults", {})
+    evaluation = config.setdefault("evaluation", {})
+    evaluation.setdefault("n_bootstrap", 1000)
+    evaluation.setdefault("bootstrap_seed", 0)
+    evaluation.setdefault("iou_threshold", 0.1)
+    for name, dataset in config["datasets"].items():
+        dataset.setdefault("params", {})
+        dataset.setdefault("mask_root", dataset["root"])
+        dataset.setdefault("grouping", "lesion")
+        dataset["split"] = deep_merge(DEFAULT_SPLIT, dataset.get("split", {}))
+        if dataset["task"] == "segmentation" and "background" in {c.lower() for c in dataset["classes"]}:
+            raise ConfigError(f"dataset {name!r}: background is implicit (label 0); do not list it in classes")
+    for name, experiment in config["experiments"].items():
+        if experiment["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"experiment {name!r} names dataset {experiment['dataset']!r}, "
+                f"which is not among the config's datasets: {sorted(config['datasets'])}"
+            )
+    for task, baseline in config["baselines"].items():
+        if baseline not in config["experiments"]:
+            raise ConfigError(f"baselines.{task} = {baseline!r} is not an experiment of this config")
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    return validate_config(read_yaml(path), source=str(path))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return base updated recursively by override (override wins; neither is modified)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def manifest_path(config: dict, dataset: str) -> Path:
+    return Path(config["manifests_dir"]) / f"{dataset}.csv"
+
+
+def split_manifest_path(config: dict, dataset: str) -> Path:
+    return Path(config["manifests_dir"]) / f"{dataset}.split.csv"
+
+
+def run_dir(config: dict, experiment: str, seed: int) -> Path:
+    return Path(config["results_dir"]) / experiment / f"seed{seed}"
+
+
+def resolve_experiment(config: dict, experiment: str, seed: int) -> dict:
+    """The self-contained settings of one run: experiment over task defaults, plus its dataset."""
+    if experiment not in config["experiments"]:
+        raise ConfigError(f"unknown experiment {experiment!r}; the config has: {sorted(config['experiments'])}")
+    spec = config["experiments"][experiment]
+    dataset_name = spec["dataset"]
+    dataset = copy.deepcopy(config["datasets"][dataset_name])
+    task = dataset["task"]
+    settings = deep_merge(BUILTIN_DEFAULTS[task], config["defaults"].get(task, {}))
+    # A loss or sampler block names one component: an override replaces it whole, never mixes
+    # the parameters of two different losses.
+    for key in ("loss", "sampler", "model"):
+        if key in spec and spec[key].get("name") != settings[key].get("name"):
+            settings[key] = {}
+    settings = deep_merge(settings, {k: v for k, v in spec.items() if k != "dataset"})
+    dataset.update(
+        name=dataset_name,
+        manifest=str(split_manifest_path(config, dataset_name)),
+        class_names=dict(dataset["classes"]),
+        classes=list(dataset["classes"]),
+    )
+    return {
+        "experiment": experiment,
+        "seed": int(seed),
+        "task": task,
+        "dataset": dataset,
+        "model": settings["model"],
+        "loss": settings["loss"],
+        "sampler": settings["sampler"],
+        "train": settings["train"],
+        "predict": settings["predict"],
+        "evaluation": dict(config["evaluation"]),
+        "run_dir": str(run_dir(config, experiment, seed)),
+        "code_version": code_version(),
+    }
+
+
+def code_version() -> str:
+    """Package version plus a hash of the package sources: changes whenever pipeline/ code changes."""
+    digest = hashlib.sha256()
+    package_root = Path(__file__).resolve().parent
+    for path in sorted(package_root.rglob("*")):
+        if path.suffix in {".py", ".yaml", ".html"} and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(package_root)).encode())
+            digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def write_yaml_atomic(data: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,124 @@
+"""torch Datasets over a manifest. Image decoding errors name the file (pipeline.data.io)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.data.io import read_label_map, read_rgb
+from pipeline.data.manifest import resolve
+from pipeline.data.transforms import normalise_image, segmentation_augment
+from pipeline.errors import ConfigError
+
+
+class ClassificationDataset(Dataset):
+    """(image tensor, class index) per manifest row."""
+
+    def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str], transform) -> None:
+        self.frame = frame.reset_index(drop=True)
+        self.root = Path(root)
+        self.transform = transform
+        index = {c: i for i, c in enumerate(classes)}
+        self.targets = [index[label] for label in self.frame["label"]]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = read_rgb(resolve(self.frame.at[i, "image_path"], self.root))
+        return self.transform(image), self.targets[i]
+
+
+class SegmentationImages:
+    """Decoded images and label maps of a manifest, read once and kept in memory (small data sets;
+    patch sampling revisits every image many times per epoch)."""
+
+    def __init__(self, frame: pd.DataFrame, root: Path, mask_root: Path, num_types: int) -> None:
+        from pipeline.data.io import check_mask
+
+        self.frame = frame.reset_index(drop=True)
+        self.images: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        for row in self.frame.itertuples():
+            image_path = resolve(row.image_path, root)
+            mask_path = resolve(row.mask_path, mask_root)
+            image, mask = read_rgb(image_path), read_label_map(mask_path)
+            check_mask(mask, image.shape[:2], num_types, mask_path)
+            self.images.append(image)
+            self.masks.append(mask)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def patch_ratios(spec: dict, types: list[str]) -> list[float] | None:
+    """Per-class patch-centre ratios (background first) for MONAI RandCropByLabelClasses, or None for uniform crops.
+
+    The segmentation counterpart of the classification oversampling coefficients: a type with ratio r
+    is r times as likely as a ratio-1 class to be the centre of a training patch.
+    """
+    name = spec.get("name", "none")
+    if name == "none":
+        return None
+    if name != "lesion_patches":
+        raise ConfigError(f"unknown segmentation sampler {name!r}; use 'none' or 'lesion_patches'")
+    ratios = dict(spec.get("ratios") or {})
+    unknown = set(ratios) - set(types) - {"background"}
+    if unknown:
+        raise ConfigError(f"sampler ratios name unknown lesion type(s) {sorted(unknown)}; types are {types}")
+    values = [float(ratios.get("background", 1.0))] + [float(ratios.get(t, 1.0)) for t in types]
+    if any(v < 0 for v in values) or sum(values) == 0:
+        raise ConfigError(f"sampler ratios must be non-negative and not all zero, got {values}")
+    return values
+
+
+class PatchDataset(Dataset):
+    """Random training patches: each epoch draws `patches_per_image` patches from every image.
+
+    With a `lesion_patches` sampler, patch centres are drawn by class with MONAI's
+    RandCropByLabelClassesd, so rare lesion types are seen often; otherwise crops are uniform.
+    """
+
+    def __init__(self, images: SegmentationImages, *, patch_size: int, patches_per_image: int,
+                 ratios: list[float] | None, num_classes: int, augment: bool, seed: int) -> None:
+        from monai.transforms import Compose, RandCropByLabelClassesd, RandSpatialCropd, SpatialPadd
+
+        self.images = images
+        self.patches_per_image = patches_per_image
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        size = (patch_size, patch_size)
+        pad = SpatialPadd(keys=["image", "label"], spatial_size=size, mode="constant")
+        if ratios is None:
+            crop = RandSpatialCropd(keys=["image", "label"], roi_size=size, random_size=False)
+        else:
+            crop = RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=size,
+                                           ratios=ratios, num_classes=num_classes, num_samples=1,
+                                           warn=False)
+        self.transform = Compose([pad, crop])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images) * self.patches_per_image
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # One deterministic random state per (seed, epoch, item): resumable and worker-independent.
+        item_seed = (self.seed * 1_000_003 + self.epoch * 100_003 + i) % (2**32)
+        self.transform.set_random_state(seed=item_seed)
+        j = i // self.patches_per_image
+        data = {"image": normalise_image(self.images.images[j]),
+                "label": torch.from_numpy(self.images.masks[j][None].astype(np.int64))}
+        out = self.transform(data)
+        out = out[0] if isinstance(out, list) else out
+        patch, mask = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])[0].long()
+        if self.augment:
+            generator = torch.Generator().manual_seed(item_seed)
+            patch, mask = segmentation_augment(patch, mask, generator)
+        return patch.contiguous(), mask.contiguous()

@@ -1,0 +1,51 @@
+"""Image transforms (torchvision v2 for classification, MONAI dictionary transforms for segmentation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def classification_transform(image_size: int, *, train: bool, augment: bool = True,
+                             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """uint8 HWC numpy -> normalised float CHW tensor.
+
+    Dermoscopy has no canonical orientation, so flips and 90° rotations are label-preserving; colour
+    jitter is kept small because colour is diagnostic (e.g. blue-grey veil in melanoma).
+    """
+    steps: list = [v2.ToImage()]
+    if train and augment:
+        steps += [
+            v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomApply([v2.RandomRotation(degrees=(90, 90))], p=0.5),
+            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.05, hue=0.02),
+        ]
+    else:
+        steps += [v2.Resize((image_size, image_size), antialias=True)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    return v2.Compose(steps)
+
+
+def normalise_image(image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 HWC numpy -> float CHW tensor, same normalisation as classification_transform."""
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+    return v2.functional.normalize(tensor, mean=list(mean), std=list(std))
+
+
+def segmentation_augment(patch: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint flips / 90° rotations of an image patch (C,H,W) and its label map (H,W)."""
+    if torch.rand(1, generator=generator).item() < 0.5:
+        patch, mask = patch.flip(-1), mask.flip(-1)
+    if torch.rand(1, generator=generator).item() < 0.5:
+        patch, mask = patch.flip(-2), mask.flip(-2)
+    k = int(torch.randint(0, 4, (1,), generator=generator).item())
+    if k:
+        patch, mask = torch.rot90(patch, k, dims=(-2, -1)), torch.rot90(mask, k, dims=(-2, -1))
+    return patch, mask

@@ -1,0 +1,18 @@
+rule evaluate:
+    input:
+        run=f"{RESULTS}/{{experiment}}/seed{{seed}}/run.yaml",
+        predictions=f"{RESULTS}/{{experiment}}/seed{{seed}}/predictions.csv",
+    output:
+        metrics=f"{RESULTS}/{{experiment}}/seed{{seed}}/metrics.json",
+        confusion=report(
+            f"{RESULTS}/{{experiment}}/seed{{seed}}/confusion_matrix.png",
+            category="Confusion matrices",
+            labels={"experiment": "{experiment}", "seed": "{seed}"},
+        ),
+        confusion_csv=f"{RESULTS}/{{experiment}}/seed{{seed}}/confusion_matrix.csv",
+    log:
+        f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/evaluate.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/seed{{seed}}/benchmarks/evaluate.tsv"
+    shell:
+        "pipeline evaluate --run-config {input.run:q} > {log:q} 2>&1"

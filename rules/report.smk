@@ -1,0 +1,36 @@
+rule report:
+    input:
+        run=f"{RESULTS}/{{experiment}}/seed{{seed}}/run.yaml",
+        metrics=f"{RESULTS}/{{experiment}}/seed{{seed}}/metrics.json",
+    output:
+        report(
+            f"{RESULTS}/{{experiment}}/seed{{seed}}/report.html",
+            category="Experiment reports",
+            labels={"experiment": "{experiment}", "seed": "{seed}"},
+        ),
+    log:
+        f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/report.log",
+    shell:
+        "pipeline report --run-config {input.run:q} > {log:q} 2>&1"
+
+
+def compare_baselines():
+    from pipeline.cli import baselines_of
+
+    return [f"{task}={name}" for task, name in sorted(baselines_of(CONFIG).items())]
+
+
+rule compare:
+    input:
+        expand(f"{RESULTS}/{{experiment}}/seed{{seed}}/metrics.json", experiment=EXPERIMENTS, seed=SEEDS),
+    output:
+        csv=f"{RESULTS}/comparison.csv",
+        html=report(f"{RESULTS}/comparison.html", category="Comparison", labels={"report": "all experiments"}),
+    params:
+        runs=expand(f"{RESULTS}/{{experiment}}/seed{{seed}}", experiment=EXPERIMENTS, seed=SEEDS),
+        baselines=compare_baselines(),
+        out_dir=RESULTS,
+    log:
+        "logs/compare.log",
+    shell:
+        "pipeline compare --runs {params.runs:q} --baseline {params.baselines:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import config as cfgmod
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
+
+
+def test_default_config_validates_and_resolves_every_experiment():
+    config = cfgmod.validate_config(default_config())
+    for name in config["experiments"]:
+        run = cfgmod.resolve_experiment(config, name, seed=3)
+        assert run["experiment"] == name and run["seed"] == 3
+        assert run["run_dir"] == str(Path("results") / name / "seed3")
+        assert run["dataset"]["classes"] == list(config["datasets"][run["dataset"]["name"]]["classes"])
+        assert run["loss"]["name"] == config["experiments"][name].get("loss", {}).get("name", run["loss"]["name"])
+
+
+def test_experiment_overrides_defaults_without_mixing_losses():
+    config = cfgmod.validate_config(default_config())
+    run = cfgmod.resolve_experiment(config, "cls_focal", 0)
+    assert run["loss"] == {"name": "focal", "gamma": 2.0, "alpha": "sqrt"}
+    assert run["train"]["epochs"] == config["defaults"]["classification"]["train"]["epochs"]
+    assert run["train"]["amp"] == "auto"  # from the built-in defaults
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["experiments"]["cls_ce"].update(dataset="nope"), "names dataset 'nope'"),
+        (lambda c: c["experiments"]["cls_ce"].update(trian={}), "schema"),
+        (lambda c: c["datasets"]["isic_synthetic"].update(task="detection"), "schema"),
+        (lambda c: c.update(baselines={"classification": "missing"}), "not an experiment"),
+        (lambda c: c["datasets"]["acne_synthetic"]["classes"].update(background="Background"), "implicit"),
+    ],
+)
+def test_invalid_configs_are_rejected_with_a_message(mutate, message):
+    config = default_config()
+    mutate(config)
+    with pytest.raises(ConfigError, match=message):
+        cfgmod.validate_config(config)
+
+
+def test_read_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        cfgmod.read_yaml(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        cfgmod.read_yaml(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError):
+        cfgmod.read_yaml(evil)
+
+
+def test_code_version_is_deterministic():
+    first = cfgmod.code_version()
+    assert first.startswith("0.") and first == cfgmod.code_version()

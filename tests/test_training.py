@@ -1,0 +1,98 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import training
+from pipeline.errors import TrainingError
+from pipeline.tasks.classification import ClassificationTask
+from tests.helpers import tiny_classification_run
+
+
+def state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_train_writes_checkpoints_history_and_resolved_config(tmp_path):
+    run = tiny_classification_run(tmp_path)
+    summary = training.train(run, threads=1)
+    run_dir = tmp_path / "results" / "tiny_ce" / "seed0"
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/config.yaml", "history.csv",
+                 "training_summary.json"):
+        assert (run_dir / name).is_file(), name
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert summary["best_epoch"] in (1, 2)
+    assert summary["best_val_balanced_accuracy"] == history["val_balanced_accuracy"].max()
+    assert json.loads((run_dir / "training_summary.json").read_text())["steps"] == summary["steps"] > 0
+    best = state(run_dir / "checkpoints" / "best.pt")
+    assert best["epoch"] == summary["best_epoch"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    reference = training.train(tiny_classification_run(tmp_path / "a"), threads=1)
+    run = tiny_classification_run(tmp_path / "b")
+
+    calls = {"n": 0}
+    original = ClassificationTask.validation_score
+
+    def crash_in_second_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClassificationTask, "validation_score", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(run, threads=1)
+    assert state(tmp_path / "b/results/tiny_ce/seed0/checkpoints/last.pt")["epoch"] == 1
+    monkeypatch.setattr(ClassificationTask, "validation_score", original)
+    resumed = training.train(run, threads=1)
+
+    assert resumed["steps"] == reference["steps"]
+    a = state(tmp_path / "a/results/tiny_ce/seed0/checkpoints/last.pt")["model"]
+    b = state(tmp_path / "b/results/tiny_ce/seed0/checkpoints/last.pt")["model"]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    run = tiny_classification_run(tmp_path)
+    real_build = training.build_loss
+
+    class Exploding(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, logits, target):
+            return self.inner(logits, target) * float("nan")
+
+    def exploding_loss(*args, **kwargs):
+        return Exploding(real_build(*args, **kwargs))
+
+    monkeypatch.setattr(training, "build_loss", exploding_loss)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch 1, optimizer step 0"):
+        training.train(run, threads=1)
+    assert not (tmp_path / "results/tiny_ce/seed0/training_summary.json").exists()
+
+
+def test_predictions_follow_the_contract(tmp_path):
+    run = tiny_classification_run(tmp_path)
+    training.train(run, threads=1)
+    task, model = training.load_best_model(run, torch.device("cpu"))
+    frame = training.load_split(run)
+    test = frame[frame["split"] == "test"].reset_index(drop=True)
+    table = task.predict(model, test, torch.device("cpu"), tmp_path)
+    assert list(table.columns) == ["image_id", "label", "pred", "prob_A", "prob_B", "prob_C"]
+    assert table[["prob_A", "prob_B", "prob_C"]].sum(axis=1).round(5).eq(1).all()
+    assert (table["pred"] == table[["prob_A", "prob_B", "prob_C"]].idxmax(axis=1).str[5:]).all()
+
+
+def test_a_changed_config_does_not_reuse_the_checkpoint(tmp_path):
+    run = tiny_classification_run(tmp_path)
+    training.train(run, threads=1)
+    changed = dict(run, loss={"name": "focal", "gamma": 2.0})
+    with pytest.raises(TrainingError, match="another configuration"):
+        training.load_best_model(changed, torch.device("cpu"))
