@@ -1,0 +1,83 @@
+"""Cross-entropy, plain ('ce') and class-weighted ('weighted_ce'): torch's F.cross_entropy.
+
+With weights, 'mean' follows torch: sum_i w_{y_i} CE_i / sum_i w_{y_i}. So any weight vector
+whose entries are all equal gives exactly plain CE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+from pipeline.losses._checks import check_ignore_index, check_inputs, check_number, check_reduction
+from pipeline.losses.registry import register_loss
+from pipeline.losses.weighting import resolve_weights
+
+
+@register_loss("ce")
+class CrossEntropyLoss(_Loss):
+    """Cross-entropy with optional label smoothing, for (N, C) or (N, C, H, W) logits."""
+
+    class_weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_counts: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction=check_reduction(reduction))
+        self.num_classes = num_classes
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.register_buffer("class_weight", None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        weight = None if self.class_weight is None else self.class_weight.to(logits.dtype)
+        return F.cross_entropy(
+            logits,
+            target,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+@register_loss("weighted_ce")
+class WeightedCrossEntropyLoss(CrossEntropyLoss):
+    """Cross-entropy with per-class weights from pipeline.losses.weighting.
+
+    ``weights`` is a scheme ('inverse', 'sqrt', 'effective'; these need class_counts) or an
+    explicit list of C floats; ``beta`` is the effective-number beta.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_counts: Sequence[float] | None = None,
+        weights: Any = "inverse",
+        beta: float = 0.999,
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes,
+            class_counts=class_counts,
+            label_smoothing=label_smoothing,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+        self.class_weight = resolve_weights(
+            weights, num_classes=num_classes, class_counts=class_counts, beta=beta
+        )

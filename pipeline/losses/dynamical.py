@@ -1,0 +1,131 @@
+"""Dynamical loss: Ruiz-Garcia, Zhang, Schoenholz and Liu, "Tilting the playing field: Dynamical
+loss functions for machine learning", ICML 2021.
+
+The loss is a cross-entropy whose per-class weights change with the optimizer step, one
+class at a time being emphasised, so that the loss landscape keeps tilting during training:
+
+    L(t) = 1/N * sum_i Gamma_{y_i}(t) * CE_i
+
+The schedule is a pure function of the step (``dynamical_weights``); the module holds only
+the step the trainer last set, so resuming from a checkpoint reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.losses._checks import (
+    check_bool,
+    check_ignore_index,
+    check_inputs,
+    check_int,
+    check_number,
+    check_reduction,
+    reduce_masked,
+    valid_mask,
+)
+from pipeline.losses.registry import register_loss
+
+
+def check_cycle(cycle: Any, num_classes: int) -> list[int]:
+    """The emphasis cycle as a list of distinct class (channel) indices; None means all classes in order."""
+    if cycle is None:
+        return list(range(num_classes))
+    if isinstance(cycle, (str, bytes)) or not isinstance(cycle, Sequence) or len(cycle) == 0:
+        raise ConfigError(f"cycle must be a non-empty list of class indices, got {cycle!r}")
+    for position, index in enumerate(cycle):
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_classes:
+            raise ConfigError(f"cycle[{position}] = {index!r} is not a class index in 0..{num_classes - 1}")
+    if len(set(cycle)) != len(cycle):
+        raise ConfigError(f"cycle repeats a class: {list(cycle)}")
+    return [int(index) for index in cycle]
+
+
+def dynamical_weights(
+    step: int, num_classes: int, amplitude: float, period: int, cycle: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Class weights Gamma(step), float32 of shape (C,), summing to C.
+
+    Period k = step // T emphasises class c = cycle[k mod len(cycle)]. With phase
+    phi = (step mod T) / T, the raw weights are
+
+        g_c = 1 + (A - 1) * (1 - |2 phi - 1|)     (triangle: 1 at phi=0, A at phi=1/2, back to 1)
+        g_j = 1                                   for j != c
+
+    and Gamma = C * g / sum(g).
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    check_number("amplitude", amplitude, low=1.0)
+    check_int("period", period, low=1)
+    order = check_cycle(cycle, num_classes)
+    emphasised = order[(step // period) % len(order)]
+    phase = (step % period) / period
+    raw = torch.ones(num_classes, dtype=torch.float64)
+    raw[emphasised] = 1.0 + (amplitude - 1.0) * (1.0 - abs(2.0 * phase - 1.0))
+    return (raw * num_classes / raw.sum()).to(torch.float32)
+
+
+@register_loss("dynamical")
+class DynamicalLoss(_Loss):
+    """Cross-entropy weighted per class by ``dynamical_weights`` at the step set by ``set_step``.
+
+    Args:
+        amplitude: A >= 1, the emphasised class's raw weight at mid-period.
+        period: T >= 2, in optimizer steps.
+        cycle: class (channel) indices to emphasise in turn; default all classes. For
+            segmentation pass only lesion channels (1..C-1) to leave background alone.
+        final_plain_ce: if true, the last period (step >= total_steps - T) is plain CE.
+    'mean' divides by the number of non-ignored samples (pixels), not by the sum of weights.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_counts: Sequence[float] | None = None,
+        amplitude: float,
+        period: int,
+        cycle: Sequence[int] | None = None,
+        final_plain_ce: bool = False,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction=check_reduction(reduction))
+        self.num_classes = num_classes
+        self.amplitude = check_number("amplitude", amplitude, low=1.0)
+        self.period = check_int("period", period, low=2)
+        self.cycle = check_cycle(cycle, num_classes)
+        self.final_plain_ce = check_bool("final_plain_ce", final_plain_ce)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self._step: int | None = None
+        self._total_steps: int | None = None
+
+    def set_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before every forward with the optimizer step about to be taken."""
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise TrainingError(f"dynamical loss: total_steps must be a positive integer, got {total_steps!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+            raise TrainingError(f"dynamical loss: step {step!r} is outside 0..{total_steps}")
+        self._step, self._total_steps = step, total_steps
+
+    def current_weights(self) -> torch.Tensor:
+        """Gamma at the current step (all ones in the final plain-CE period)."""
+        if self._step is None or self._total_steps is None:
+            raise TrainingError("dynamical loss: set_step(step, total_steps) was not called before use")
+        if self.final_plain_ce and self._step >= self._total_steps - self.period:
+            return torch.ones(self.num_classes)
+        return dynamical_weights(self._step, self.num_classes, self.amplitude, self.period, self.cycle)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        weights = self.current_weights().to(device=logits.device, dtype=logits.dtype)
+        # reduction='none' gives Gamma_{y_i} * CE_i (0 where ignored); the mean is over samples.
+        loss = F.cross_entropy(logits, target, weight=weights, ignore_index=self.ignore_index, reduction="none")
+        return reduce_masked(loss, valid_mask(target, self.ignore_index), self.reduction)

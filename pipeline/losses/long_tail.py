@@ -1,0 +1,176 @@
+"""Long-tail losses that move the logits by class-frequency terms before a cross-entropy.
+
+All three need ``class_counts`` (training-set counts per class; for segmentation, per channel).
+At inference the model's raw logits are used: the adjustment exists only in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.losses._checks import (
+    channel_view,
+    check_ignore_index,
+    check_inputs,
+    check_number,
+    check_reduction,
+    fill_ignored,
+    valid_mask,
+)
+from pipeline.losses.registry import register_loss
+from pipeline.losses.weighting import check_class_counts, class_priors, class_weights
+
+
+def _counts(class_counts: Sequence[float] | None, num_classes: int) -> list[float]:
+    if class_counts is None:
+        raise ConfigError("this loss needs class_counts (per-class counts of the training set)")
+    return check_class_counts(class_counts, num_classes)
+
+
+class _ShiftedCrossEntropy(_Loss):
+    """F.cross_entropy on logits plus a fixed per-class offset (a (C,) buffer)."""
+
+    def __init__(self, num_classes: int, offset: torch.Tensor, ignore_index: int, reduction: str) -> None:
+        super().__init__(reduction=check_reduction(reduction))
+        self.num_classes = num_classes
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.register_buffer("offset", offset, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        shifted = logits + channel_view(self.offset, logits)
+        return F.cross_entropy(shifted, target, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+def logit_adjustment(class_counts: Sequence[float], tau: float) -> torch.Tensor:
+    """Offsets tau * log(pi_j), pi_j = m_j / M (Menon et al., ICLR 2021, eq. 10)."""
+    return tau * torch.log(class_priors(class_counts))
+
+
+@register_loss("logit_adjusted")
+class LogitAdjustedLoss(_ShiftedCrossEntropy):
+    """Logit-adjusted softmax cross-entropy: Menon, Jayasumana, Rawat, Jain, Veit and Kumar,
+    "Long-tail learning via logit adjustment", ICLR 2021.
+
+        loss_i = -log( exp(f_{y_i} + tau log pi_{y_i}) / sum_j exp(f_j + tau log pi_j) )
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_counts: Sequence[float] | None = None,
+        tau: float = 1.0,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        tau = check_number("tau", tau, low=0.0)
+        offset = logit_adjustment(_counts(class_counts, num_classes), tau)
+        super().__init__(num_classes, offset, ignore_index, reduction)
+
+
+@register_loss("balanced_softmax")
+class BalancedSoftmaxLoss(_ShiftedCrossEntropy):
+    """Balanced softmax: Ren, Yu, Ma, Zhao, Yi and Li, "Balanced Meta-Softmax for Long-Tailed
+    Visual Recognition", NeurIPS 2020.
+
+        loss_i = -log( n_{y_i} exp(f_{y_i}) / sum_j n_j exp(f_j) ) = CE(f + log n, y)
+
+    (the same as logit_adjusted with tau = 1, since log n and log pi differ by a constant).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_counts: Sequence[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        counts = torch.tensor(_counts(class_counts, num_classes), dtype=torch.float64)
+        super().__init__(num_classes, torch.log(counts).to(torch.float32), ignore_index, reduction)
+
+
+def ldam_margins(class_counts: Sequence[float], max_margin: float) -> torch.Tensor:
+    """Delta_j = K / n_j^(1/4), with K chosen so that the largest margin is ``max_margin``."""
+    counts = torch.tensor(check_class_counts(class_counts), dtype=torch.float64)
+    raw = counts.pow(-0.25)
+    return (raw * (max_margin / raw.max())).to(torch.float32)
+
+
+@register_loss("ldam")
+class LDAMLoss(_Loss):
+    """Label-distribution-aware margin loss with optional deferred re-weighting (DRW): Cao, Wei,
+    Gaidon, Arechiga and Ma, "Learning Imbalanced Datasets with Label-Distribution-Aware Margin
+    Loss", NeurIPS 2019 (follows the authors' code, github.com/kaidic/LDAM-DRW).
+
+        loss_i = w_{y_i} * CE( s * (f_i - Delta_{y_i} e_{y_i}), y_i )
+        Delta_j ∝ n_j^(-1/4),  max_j Delta_j = max_margin
+
+    w = 1 before DRW; from step >= drw_start * total_steps, w are the effective-number weights
+    (Cui et al. 2019) with beta = drw_beta, and 'mean' is torch's weighted mean. The paper's
+    scale s = 30 assumes a cosine (normalised) classifier head; with a plain linear head a
+    smaller scale may train better.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_counts: Sequence[float] | None = None,
+        max_margin: float = 0.5,
+        scale: float = 30.0,
+        drw_start: float | None = None,
+        drw_beta: float = 0.9999,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction=check_reduction(reduction))
+        counts = _counts(class_counts, num_classes)
+        self.num_classes = num_classes
+        self.scale = check_number("scale", scale, low=0.0, low_open=True)
+        self.ignore_index = check_ignore_index(ignore_index)
+        max_margin = check_number("max_margin", max_margin, low=0.0)
+        self.register_buffer("margins", ldam_margins(counts, max_margin), persistent=False)
+        self.drw_start = None if drw_start is None else check_number(
+            "drw_start", drw_start, low=0.0, high=1.0, high_open=True
+        )
+        beta = check_number("drw_beta", drw_beta, low=0.0, high=1.0, high_open=True)
+        self.register_buffer("drw_weights", class_weights(counts, "effective", beta=beta), persistent=False)
+        self._step: int | None = None
+        self._total_steps: int | None = None
+
+    def set_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before every forward; only DRW depends on it."""
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise TrainingError(f"ldam loss: total_steps must be a positive integer, got {total_steps!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+            raise TrainingError(f"ldam loss: step {step!r} is outside 0..{total_steps}")
+        self._step, self._total_steps = step, total_steps
+
+    def _drw_active(self) -> bool:
+        if self.drw_start is None:
+            return False
+        if self._step is None or self._total_steps is None:
+            raise TrainingError("ldam loss with drw_start: set_step(step, total_steps) was not called before use")
+        return self._step >= self.drw_start * self._total_steps
+
+    def current_weights(self) -> torch.Tensor:
+        """Class weights in use now: ones before DRW, effective-number weights after."""
+        return self.drw_weights.clone() if self._drw_active() else torch.ones(self.num_classes)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        in_range = fill_ignored(target, valid_mask(target, self.ignore_index))
+        target_margin = self.margins.to(device=logits.device, dtype=logits.dtype)[in_range]
+        one_hot = F.one_hot(in_range, self.num_classes).movedim(-1, 1).to(logits.dtype)
+        adjusted = self.scale * (logits - one_hot * target_margin.unsqueeze(1))
+        weight = self.drw_weights.to(device=logits.device, dtype=logits.dtype) if self._drw_active() else None
+        return F.cross_entropy(
+            adjusted, target, weight=weight, ignore_index=self.ignore_index, reduction=self.reduction
+        )

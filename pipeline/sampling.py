@@ -1,0 +1,204 @@
+"""Samplers for classification training against class imbalance.
+
+- ``oversample``: a class with coefficient k is fed k times per epoch; every repeat goes
+  through the dataset's random augmentation, so this is index repetition plus a shuffle.
+  Shards across DDP replicas like torch's DistributedSampler.
+- ``class_balanced``: weighted random sampling with replacement, weight 1 / count(class).
+
+The trainer calls ``set_epoch(epoch)`` before every epoch (as for DistributedSampler), so that
+each epoch has its own deterministic order and a resumed run sees the same one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler, WeightedRandomSampler
+
+from pipeline.errors import ConfigError
+
+OVERSAMPLING_PRESETS: dict[str, dict[str, int]] = {
+    "isic2018": {"NV": 1, "MEL": 4, "BKL": 4, "BCC": 8, "AKIEC": 10, "VASC": 22, "DF": 25},
+}
+
+# sampler name -> keys its config block may hold
+_SAMPLER_KEYS: dict[str, set[str]] = {
+    "none": {"name"},
+    "oversample": {"name", "coefficients"},
+    "class_balanced": {"name", "num_samples"},
+}
+_SAMPLERS = tuple(_SAMPLER_KEYS)
+
+
+def available_samplers() -> list[str]:
+    return sorted(_SAMPLERS)
+
+
+def _seeded_generator(*entropy: int) -> torch.Generator:
+    """A torch generator seeded from several integers (seed, rank, epoch) without collisions."""
+    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int(what: str, value: Any, low: int) -> int:
+    if not _is_int(value) or value < low:
+        kind = "a positive" if low == 1 else "a non-negative"
+        raise ConfigError(f"{what} must be {kind} integer, got {value!r}")
+    return int(value)
+
+
+def _check_labels(labels: Sequence[int], num_classes: int | None = None) -> list[int]:
+    if len(labels) == 0:
+        raise ConfigError("the sampler got no training labels")
+    checked = []
+    for row, label in enumerate(labels):
+        if not _is_int(label) or label < 0:
+            raise ConfigError(f"training label at position {row} must be a class index, got {label!r}")
+        if num_classes is not None and label >= num_classes:
+            raise ConfigError(
+                f"training label at position {row} is class {label}, but there are {num_classes} classes"
+            )
+        checked.append(int(label))
+    return checked
+
+
+def _check_replicas(num_replicas: int, rank: int) -> None:
+    _check_int("num_replicas", num_replicas, low=1)
+    if not _is_int(rank) or not 0 <= rank < num_replicas:
+        raise ConfigError(f"rank must lie in 0..{num_replicas - 1}, got {rank!r}")
+
+
+class OversamplingSampler(Sampler[int]):
+    """Each index of class c appears coefficients[c] times per epoch, in a seeded shuffle.
+
+    With ``num_replicas > 1`` the epoch's list is padded (by repeating its start) to a multiple
+    of ``num_replicas`` and rank r takes every num_replicas-th index from position r, as
+    torch.utils.data.DistributedSampler does.
+    """
+
+    def __init__(
+        self, labels: Sequence[int], coefficients: Sequence[int], seed: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        for index, coefficient in enumerate(coefficients):
+            _check_int(f"oversampling coefficient of class {index}", coefficient, low=1)
+        _check_replicas(num_replicas, rank)
+        labels = _check_labels(labels, len(coefficients))
+        self.repeats = torch.tensor([int(coefficients[label]) for label in labels])
+        self.seed = _check_int("sampler seed", seed, low=0)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.epoch_size = int(self.repeats.sum())
+        self.num_samples = math.ceil(self.epoch_size / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = _check_int("sampler epoch", epoch, low=0)
+
+    def epoch_indices(self) -> list[int]:
+        """All replicas' indices for the current epoch, shuffled and padded (before sharding)."""
+        indices = torch.repeat_interleave(torch.arange(len(self.repeats)), self.repeats)
+        order = torch.randperm(len(indices), generator=_seeded_generator(self.seed, self.epoch))
+        shuffled = indices[order].tolist()
+        padding = self.num_samples * self.num_replicas - len(shuffled)
+        return shuffled + shuffled[:padding]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices()[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class ClassBalancedSampler(WeightedRandomSampler):
+    """WeightedRandomSampler with weight 1 / count(class) per sample, seeded per (seed, rank, epoch)
+    once ``set_epoch`` is called (until then the generator simply runs on between epochs)."""
+
+    def __init__(self, labels: Sequence[int], num_samples: int | None, seed: int, rank: int = 0) -> None:
+        labels = _check_labels(labels)
+        counts = np.bincount(labels)
+        weights = torch.tensor(1.0 / counts[labels], dtype=torch.float64)
+        if num_samples is None:
+            num_samples = len(labels)
+        num_samples = _check_int("class_balanced num_samples", num_samples, low=1)
+        self.seed, self.rank = _check_int("sampler seed", seed, low=0), rank
+        super().__init__(weights, num_samples, replacement=True, generator=_seeded_generator(self.seed, rank, 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = _seeded_generator(self.seed, self.rank, _check_int("sampler epoch", epoch, low=0))
+
+
+def class_balanced_sampler(
+    labels: Sequence[int], num_samples: int | None = None, seed: int = 0
+) -> WeightedRandomSampler:
+    """Draw ``num_samples`` (default len(labels)) indices with replacement, each class equally likely."""
+    return ClassBalancedSampler(labels, num_samples, seed)
+
+
+def oversampling_coefficients(coefficients: Any, classes: list[str]) -> list[int]:
+    """Coefficients in class-list order from a preset name or a {class: int} mapping."""
+    if isinstance(coefficients, str):
+        if coefficients not in OVERSAMPLING_PRESETS:
+            raise ConfigError(
+                f"unknown oversampling preset {coefficients!r}; presets: {sorted(OVERSAMPLING_PRESETS)}"
+            )
+        coefficients = OVERSAMPLING_PRESETS[coefficients]
+    if not isinstance(coefficients, Mapping):
+        raise ConfigError(f"sampler coefficients must be a preset name or a mapping class -> int, got {coefficients!r}")
+    unknown = sorted(set(coefficients) - set(classes))
+    if unknown:
+        raise ConfigError(f"sampler coefficients name unknown class(es) {unknown}; classes are {classes}")
+    missing = [code for code in classes if code not in coefficients]
+    if missing:
+        raise ConfigError(f"sampler coefficients miss class(es) {missing}")
+    for code in classes:
+        _check_int(f"oversampling coefficient of class {code}", coefficients[code], low=1)
+    return [coefficients[code] for code in classes]
+
+
+def build_sampler(
+    spec: dict[str, Any] | None,
+    labels: Sequence[int],
+    classes: list[str],
+    seed: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> Sampler[int] | None:
+    """The sampler a config's ``sampler:`` block asks for, or None for plain shuffling.
+
+    ``spec``: ``{name: none | oversample | class_balanced, coefficients: <preset or mapping>,
+    num_samples: <int, class_balanced only>}``. ``labels`` are class indices into ``classes``.
+    With several replicas, class_balanced draws ceil(num_samples / num_replicas) per rank from
+    a rank-specific stream (independent draws with replacement need no sharding).
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"sampler must be a mapping with a 'name', got {spec!r}")
+    name = spec.get("name", "none")
+    if name not in _SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; available: {available_samplers()}")
+    allowed = _SAMPLER_KEYS[name]
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ConfigError(f"sampler {name!r} got unknown key(s) {extra}; it accepts {sorted(allowed)}")
+    _check_replicas(num_replicas, rank)
+    _check_labels(labels, len(classes))
+    if name == "none":
+        return None
+    if name == "oversample":
+        if "coefficients" not in spec:
+            raise ConfigError(
+                f"sampler 'oversample' needs 'coefficients': a preset {sorted(OVERSAMPLING_PRESETS)} or a mapping"
+            )
+        coefficients = oversampling_coefficients(spec["coefficients"], classes)
+        return OversamplingSampler(labels, coefficients, seed, num_replicas=num_replicas, rank=rank)
+    num_samples = _check_int("class_balanced num_samples", spec.get("num_samples", len(labels)), low=1)
+    return ClassBalancedSampler(labels, math.ceil(num_samples / num_replicas), seed, rank=rank)

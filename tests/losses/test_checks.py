@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from pipeline.losses._checks import check_inputs, reduce_masked, safe_pow, valid_mask
+
+
+def test_check_inputs_accepts_both_shapes_and_ignore_index():
+    assert check_inputs(torch.zeros(2, 3), torch.tensor([0, 2]), 3, -100).dtype == torch.int64
+    target = torch.tensor([[[0, -100], [2, 1]]], dtype=torch.int32)
+    assert check_inputs(torch.zeros(1, 3, 2, 2), target, 3, -100).dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("logits", "target", "message"),
+    [
+        (torch.zeros(2, 4), torch.tensor([0, 1]), "4 channels but the loss was built for 3"),
+        (torch.zeros(2, 3), torch.tensor([[0], [1]]), "does not match"),
+        (torch.zeros(2, 3, 2, 2), torch.zeros(2, 1, 2, 2, dtype=torch.long), "does not match"),
+        (torch.zeros(2, 3), torch.tensor([0.0, 1.0]), "integer class indices"),
+        (torch.zeros(2, 3), torch.tensor([0, 3]), "label 3, outside 0..2"),
+        (torch.zeros(2, 3), torch.tensor([0, -1]), "label -1"),
+        (torch.zeros(3), torch.tensor([0]), r"\(N, C\)"),
+    ],
+)
+def test_check_inputs_rejects(logits, target, message):
+    with pytest.raises(ValueError, match=message):
+        check_inputs(logits, target, 3, -100)
+
+
+def test_reduce_masked_by_hand():
+    loss = torch.tensor([1.0, 2.0, 4.0])
+    valid = valid_mask(torch.tensor([0, -100, 1]), -100)
+    assert reduce_masked(loss, valid, "mean").item() == pytest.approx(2.5)
+    assert reduce_masked(loss, valid, "sum").item() == pytest.approx(5.0)
+    assert torch.equal(reduce_masked(loss, valid, "none"), torch.tensor([1.0, 0.0, 4.0]))
+
+
+def test_safe_pow_value_and_zero_gradient_at_zero():
+    base = torch.tensor([0.0, 0.25, 1.0], requires_grad=True)
+    out = safe_pow(base, 0.5)
+    assert torch.allclose(out, torch.tensor([0.0, 0.5, 1.0]))
+    out.sum().backward()
+    assert torch.allclose(base.grad, torch.tensor([0.0, 1.0, 0.5]))  # 0.5 * x^-0.5, and 0 at x = 0
+    assert torch.equal(safe_pow(torch.zeros(2), 0.0), torch.ones(2))

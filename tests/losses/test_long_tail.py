@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.losses import build_loss, class_weights
+from pipeline.losses.long_tail import ldam_margins
+
+
+def test_logit_adjusted_by_hand():
+    # priors (1/4, 3/4), zero logits: softmax of tau*log(pi)
+    zeros, target = torch.zeros(2, 2), torch.tensor([0, 1])
+    tau1 = build_loss("logit_adjusted", num_classes=2, class_counts=[1, 3], reduction="none")(zeros, target)
+    assert tau1.tolist() == pytest.approx([math.log(4), -math.log(0.75)], rel=1e-5)
+    # tau = 2: weights 1/16 and 9/16 -> p_0 = 1/10
+    tau2 = build_loss("logit_adjusted", num_classes=2, class_counts=[1, 3], tau=2.0, reduction="none")(zeros, target)
+    assert tau2[0].item() == pytest.approx(math.log(10), rel=1e-5)
+
+
+def test_logit_adjusted_tau_zero_is_ce():
+    torch.manual_seed(0)
+    logits, target = torch.randn(5, 3), torch.randint(0, 3, (5,))
+    adjusted = build_loss("logit_adjusted", num_classes=3, class_counts=[1, 5, 9], tau=0.0)(logits, target)
+    assert adjusted.item() == pytest.approx(build_loss("ce", num_classes=3)(logits, target).item(), rel=1e-6)
+
+
+def test_balanced_softmax_by_hand_and_equals_logit_adjusted_tau_one():
+    value = build_loss("balanced_softmax", num_classes=2, class_counts=[1, 3])(torch.zeros(1, 2), torch.tensor([0]))
+    assert value.item() == pytest.approx(math.log(4), rel=1e-5)  # -log(1 / (1 + 3))
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    counts = [100, 20, 3]
+    balanced = build_loss("balanced_softmax", num_classes=3, class_counts=counts)(logits, target)
+    adjusted = build_loss("logit_adjusted", num_classes=3, class_counts=counts, tau=1.0)(logits, target)
+    assert balanced.item() == pytest.approx(adjusted.item(), rel=1e-5)
+
+
+def test_ldam_margins_by_hand():
+    # n^(-1/4) for (1, 16, 81) is (1, 1/2, 1/3), scaled so that the largest is 0.5
+    assert ldam_margins([1, 16, 81], 0.5).tolist() == pytest.approx([0.5, 0.25, 1 / 6], rel=1e-6)
+
+
+def test_ldam_loss_by_hand():
+    loss = build_loss("ldam", num_classes=3, class_counts=[1, 16, 81], scale=2.0)
+    # zero logits, target 1: scaled logits (0, -0.5, 0)
+    value = loss(torch.zeros(1, 3), torch.tensor([1]))
+    assert value.item() == pytest.approx(-math.log(math.exp(-0.5) / (2 + math.exp(-0.5))), rel=1e-5)
+
+
+def test_ldam_deferred_reweighting_switches_at_drw_start():
+    counts = [1, 16, 81]
+    loss = build_loss("ldam", num_classes=3, class_counts=counts, scale=2.0, drw_start=0.5, drw_beta=0.9)
+    with pytest.raises(TrainingError, match="set_step"):
+        loss.current_weights()
+    loss.set_step(4, 10)
+    assert torch.equal(loss.current_weights(), torch.ones(3))
+    loss.set_step(5, 10)
+    drw = class_weights(counts, "effective", beta=0.9)
+    assert torch.allclose(loss.current_weights(), drw)
+    # two samples, targets 0 and 2: weighted mean of the two margin CEs
+    ce_0 = -math.log(math.exp(-1.0) / (math.exp(-1.0) + 2))  # margin 0.5 * scale 2
+    ce_2 = -math.log(math.exp(-1 / 3) / (math.exp(-1 / 3) + 2))
+    expected = (drw[0].item() * ce_0 + drw[2].item() * ce_2) / (drw[0].item() + drw[2].item())
+    assert loss(torch.zeros(2, 3), torch.tensor([0, 2])).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_zero_count_names_the_class():
+    with pytest.raises(ConfigError, match="loss 'ldam': class 2 has count 0"):
+        build_loss("ldam", num_classes=3, class_counts=[4, 2, 0])
+
+
+def test_counts_length_must_match():
+    with pytest.raises(ConfigError, match="2 entries but there are 3"):
+        build_loss("logit_adjusted", num_classes=3, class_counts=[4, 2])

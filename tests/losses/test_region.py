@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import ConfigError
+from pipeline.losses import build_loss
+
+EPS = 1e-5
+# one image, two pixels: background / lesion probabilities chosen so softmax(log p) = p
+PROBS = torch.tensor([[0.2, 0.7], [0.8, 0.3]]).view(1, 2, 1, 2)
+LOGITS = PROBS.log()
+TARGET = torch.tensor([[[1, 0]]])  # pixel 0 is lesion, pixel 1 background
+
+
+def dice_by_hand(tp, sum_p, sum_g):
+    return 1 - (2 * tp + EPS) / (sum_p + sum_g + EPS)
+
+
+def test_dice_lesion_channel_by_hand():
+    value = build_loss("dice", num_classes=2)(LOGITS, TARGET)
+    assert value.item() == pytest.approx(dice_by_hand(0.8, 1.1, 1.0), rel=1e-5)
+
+
+def test_dice_with_background_averages_channels():
+    value = build_loss("dice", num_classes=2, include_background=True)(LOGITS, TARGET)
+    expected = (dice_by_hand(0.7, 0.9, 1.0) + dice_by_hand(0.8, 1.1, 1.0)) / 2
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dice_ignore_index_drops_pixel():
+    value = build_loss("dice", num_classes=2)(LOGITS, torch.tensor([[[1, -100]]]))
+    assert value.item() == pytest.approx(dice_by_hand(0.8, 0.8, 1.0), rel=1e-5)
+
+
+def test_tversky_by_hand():
+    # lesion channel: TP = 0.8, FP = sum p(1-g) = 0.3, FN = sum (1-p)g = 0.2; alpha on FP, beta on FN
+    value = build_loss("tversky", num_classes=2, alpha=0.3, beta=0.7)(LOGITS, TARGET)
+    assert value.item() == pytest.approx(1 - (0.8 + EPS) / (0.8 + 0.3 * 0.3 + 0.7 * 0.2 + EPS), rel=1e-5)
+
+
+def test_focal_tversky_by_hand_and_gamma_one_is_tversky():
+    tversky = 1 - (0.8 + EPS) / (0.8 + 0.3 * 0.3 + 0.7 * 0.2 + EPS)
+    value = build_loss("focal_tversky", num_classes=2, alpha=0.3, beta=0.7, gamma=4 / 3)(LOGITS, TARGET)
+    assert value.item() == pytest.approx(tversky**0.75, rel=1e-5)
+    gamma_one = build_loss("focal_tversky", num_classes=2, alpha=0.3, beta=0.7, gamma=1.0)(LOGITS, TARGET)
+    assert gamma_one.item() == pytest.approx(tversky, rel=1e-5)
+
+
+def test_tversky_half_half_is_dice():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 4, 5, 5), torch.randint(0, 4, (2, 5, 5))
+    for batch in (True, False):
+        dice = build_loss("dice", num_classes=4, batch=batch)(logits, target)
+        tversky = build_loss("tversky", num_classes=4, alpha=0.5, beta=0.5, batch=batch)(logits, target)
+        assert tversky.item() == pytest.approx(dice.item(), rel=1e-5)
+
+
+def test_none_reduction_shapes():
+    logits, target = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 3, 3))
+    assert build_loss("dice", num_classes=4, batch=False, reduction="none")(logits, target).shape == (2, 3)
+    assert build_loss("dice", num_classes=4, reduction="none")(logits, target).shape == (3,)
+    assert build_loss("tversky", num_classes=4, include_background=True, reduction="none")(logits, target).shape == (4,)
+
+
+def test_dice_ce_is_weighted_sum_with_weighted_ce_part():
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    weights = [0.2, 1.0, 3.0]
+    dice = build_loss("dice", num_classes=3)(logits, target)
+    ce = F.cross_entropy(logits, target, weight=torch.tensor(weights))
+    value = build_loss("dice_ce", num_classes=3, weights=weights, lambda_dice=0.5, lambda_ce=2.0)(logits, target)
+    assert value.item() == pytest.approx(0.5 * dice.item() + 2.0 * ce.item(), rel=1e-5)
+
+
+def test_dice_focal_is_sum_of_parts():
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    counts = [500, 20, 5]
+    dice = build_loss("dice", num_classes=3)(logits, target)
+    focal = build_loss("focal", num_classes=3, class_counts=counts, alpha="sqrt", gamma=2.0)(logits, target)
+    value = build_loss("dice_focal", num_classes=3, class_counts=counts, weights="sqrt")(logits, target)
+    assert value.item() == pytest.approx(dice.item() + focal.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dice", "dice_ce", "dice_focal", "tversky", "focal_tversky"])
+def test_classification_shapes_are_refused(name):
+    loss = build_loss(name, num_classes=3)
+    with pytest.raises(ConfigError, match=f"'{name}' is a segmentation loss"):
+        loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+
+
+def test_dice_ce_refuses_none_reduction():
+    with pytest.raises(ConfigError, match="reduction"):
+        build_loss("dice_ce", num_classes=3, reduction="none")
+
+
+def test_focal_tversky_gradient_finite_on_perfect_saturated_prediction():
+    target = torch.tensor([[[1, 0], [0, 2]]])
+    logits = (F.one_hot(target, 3).movedim(-1, 1).float() * 200.0).requires_grad_()
+    value = build_loss("focal_tversky", num_classes=3)(logits, target)
+    value.backward()
+    assert math.isfinite(value.item()) and torch.isfinite(logits.grad).all()

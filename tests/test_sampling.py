@@ -1,0 +1,154 @@
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from pipeline.errors import ConfigError
+from pipeline.sampling import (
+    OVERSAMPLING_PRESETS,
+    OversamplingSampler,
+    available_samplers,
+    build_sampler,
+    class_balanced_sampler,
+)
+
+ISIC = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+LABELS = [0, 0, 1, 2, 0, 2]  # class counts 3, 1, 2
+COEFFICIENTS = [1, 3, 2]
+
+
+def class_totals(indices, labels):
+    return Counter(labels[i] for i in indices)
+
+
+def test_epoch_holds_coefficient_times_count_per_class():
+    sampler = OversamplingSampler(LABELS, COEFFICIENTS, seed=0)
+    indices = list(sampler)
+    assert len(sampler) == len(indices) == 3 * 1 + 1 * 3 + 2 * 2
+    assert class_totals(indices, LABELS) == {0: 3, 1: 3, 2: 4}
+    # every sample appears exactly its class coefficient times
+    assert Counter(indices) == {i: COEFFICIENTS[label] for i, label in enumerate(LABELS)}
+
+
+def test_shuffle_is_deterministic_per_epoch_and_changes_between_epochs():
+    first, again = OversamplingSampler(LABELS, COEFFICIENTS, seed=3), OversamplingSampler(LABELS, COEFFICIENTS, seed=3)
+    orders = []
+    for epoch in range(4):
+        first.set_epoch(epoch)
+        again.set_epoch(epoch)
+        assert list(first) == list(again)
+        orders.append(tuple(first))
+    assert len(set(orders)) > 1
+    assert sorted(orders[0]) == sorted(orders[1])
+
+
+def test_shards_like_distributed_sampler():
+    labels = list(range(3)) + [0, 1]  # 5 samples, coefficient 1 -> 5 indices, 3 replicas -> padded to 6
+    shards = [OversamplingSampler(labels, [1, 1, 1], seed=1, num_replicas=3, rank=r) for r in range(3)]
+    for shard in shards:
+        shard.set_epoch(2)
+    full = shards[0].epoch_indices()
+    assert len(full) == 6 and full[5] == full[0]  # padding repeats the start
+    assert all(len(shard) == 2 == len(list(shard)) for shard in shards)
+    assert [list(shard) for shard in shards] == [full[r::3] for r in range(3)]
+    assert sorted(i for shard in shards for i in shard) == sorted(full)
+
+
+@pytest.mark.parametrize("coefficients", [[1, 0, 2], [1, 1.5, 2], [1, True, 2], [1, -2, 2]])
+def test_coefficients_must_be_positive_integers(coefficients):
+    with pytest.raises(ConfigError, match="class 1 must be a positive integer"):
+        OversamplingSampler(LABELS, coefficients, seed=0)
+
+
+def test_label_outside_coefficients_is_config_error():
+    with pytest.raises(ConfigError, match="position 1 is class 3"):
+        OversamplingSampler([0, 3], [1, 1, 1], seed=0)
+
+
+def test_bad_rank():
+    with pytest.raises(ConfigError, match="rank"):
+        OversamplingSampler(LABELS, COEFFICIENTS, seed=0, num_replicas=2, rank=2)
+
+
+def test_class_balanced_weights_and_draws():
+    labels = [0] * 9 + [1]
+    sampler = class_balanced_sampler(labels, num_samples=4000, seed=5)
+    assert isinstance(sampler, WeightedRandomSampler)
+    assert torch.allclose(sampler.weights, torch.tensor([1 / 9] * 9 + [1.0], dtype=torch.float64))
+    draws = list(sampler)
+    assert len(draws) == 4000
+    minority = sum(labels[i] for i in draws) / len(draws)
+    assert 0.45 < minority < 0.55  # each class equally likely; 1.0 would be 10%
+    first, again = (class_balanced_sampler(labels, num_samples=50, seed=5) for _ in range(2))
+    assert list(first) == list(again)
+
+
+def test_class_balanced_set_epoch_is_reproducible():
+    sampler = class_balanced_sampler(LABELS, seed=1)
+    sampler.set_epoch(3)
+    epoch3 = list(sampler)
+    sampler.set_epoch(4)
+    epoch4 = list(sampler)
+    sampler.set_epoch(3)
+    assert list(sampler) == epoch3 and epoch3 != epoch4
+
+
+def test_preset_covers_isic_classes():
+    assert set(OVERSAMPLING_PRESETS["isic2018"]) == set(ISIC)
+
+
+def test_build_sampler_with_preset_orders_coefficients_by_class_list():
+    labels = list(range(7))  # one image per class
+    sampler = build_sampler({"name": "oversample", "coefficients": "isic2018"}, labels, ISIC, seed=0)
+    counts = Counter(sampler)
+    assert [counts[i] for i in range(7)] == [OVERSAMPLING_PRESETS["isic2018"][code] for code in ISIC]
+
+
+def test_build_sampler_none_and_class_balanced():
+    assert build_sampler(None, LABELS, ["a", "b", "c"], seed=0) is None
+    assert build_sampler({"name": "none"}, LABELS, ["a", "b", "c"], seed=0) is None
+    sampler = build_sampler({"name": "class_balanced"}, LABELS, ["a", "b", "c"], seed=0, num_replicas=4, rank=1)
+    assert len(sampler) == 2  # ceil(6 / 4)
+    assert available_samplers() == ["class_balanced", "none", "oversample"]
+
+
+def test_build_sampler_works_in_a_dataloader():
+    spec = {"name": "oversample", "coefficients": {"a": 1, "b": 3, "c": 2}}
+    sampler = build_sampler(spec, LABELS, ["a", "b", "c"], seed=0)
+    batches = list(DataLoader(list(range(len(LABELS))), batch_size=4, sampler=sampler))
+    assert sum(len(batch) for batch in batches) == 10
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"name": "oversample", "coefficients": {"a": 1, "b": 2}}, r"miss class\(es\) \['c'\]"),
+        ({"name": "oversample", "coefficients": {"a": 1, "b": 2, "c": 1, "d": 4}}, r"unknown class\(es\) \['d'\]"),
+        ({"name": "oversample", "coefficients": "ham"}, "unknown oversampling preset 'ham'"),
+        ({"name": "oversample", "coefficients": {"a": 1, "b": 0, "c": 1}}, "class b must be a positive integer"),
+        ({"name": "oversample"}, "needs 'coefficients'"),
+        ({"name": "smote"}, r"unknown sampler 'smote'; available: \['class_balanced'"),
+        ({"name": "class_balanced", "coefficients": "isic2018"}, r"unknown key\(s\) \['coefficients'\]"),
+        ({"name": "class_balanced", "num_samples": 0}, "num_samples"),
+    ],
+)
+def test_build_sampler_rejects(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        build_sampler(spec, LABELS, ["a", "b", "c"], seed=0)
+
+
+@pytest.mark.realdata
+def test_isic2018_preset_on_ham10000_counts(real_data):
+    import pandas as pd
+
+    metadata = pd.read_csv(real_data / "isic2018_task3_labels" / "HAM10000_metadata_kaggle.csv")
+    labels = [ISIC.index(code.upper()) for code in metadata["dx"]]
+    sampler = build_sampler({"name": "oversample", "coefficients": "isic2018"}, labels, ISIC, seed=0)
+    raw = Counter(labels)
+    fed = class_totals(list(sampler), labels)
+    preset = OVERSAMPLING_PRESETS["isic2018"]
+    assert {ISIC[c]: fed[c] for c in fed} == {ISIC[c]: preset[ISIC[c]] * raw[c] for c in raw}
+    # the preset brings a ~58:1 imbalance (NV vs DF) down to under 3:1
+    assert max(raw.values()) / min(raw.values()) > 50
+    assert max(fed.values()) / min(fed.values()) < 3
