@@ -3,6 +3,8 @@
 #   snakemake --cores 2                               the embedded default (synthetic data)
 #   snakemake --cores 2 --configfile configs/acne04.yaml   another config (replaces the default)
 #   snakemake --cores 2 --config 'seeds=[0,1,2]'      override one value
+import re
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -30,8 +32,8 @@ def dataset_of(experiment):
 
 
 wildcard_constraints:
-    experiment="[A-Za-z0-9_.-]+",
-    dataset="[A-Za-z0-9_.-]+",
+    experiment="|".join(map(re.escape, EXPERIMENTS)),
+    dataset="|".join(map(re.escape, CONFIG["datasets"])),
     seed=r"\d+",
 
 

@@ -42,9 +42,9 @@ def _dataset_args(args) -> tuple[dict, Path, Path]:
     """(dataset settings, manifest path, split path) from --config/--dataset or --dataset-spec (JSON)."""
     if args.dataset_spec:
         spec = json.loads(args.dataset_spec)
-        config = cfgmod.validate_config({"manifests_dir": spec.pop("manifests_dir"), "datasets": {spec["name"]: spec},
-                                         "experiments": {"_": {"dataset": spec["name"]}}})
-        name = spec["name"]
+        name = spec.pop("name")
+        config = cfgmod.validate_config({"manifests_dir": spec.pop("manifests_dir"), "datasets": {name: spec},
+                                         "experiments": {"_": {"dataset": name}}})
     elif args.config and args.dataset:
         config, name = cfgmod.load_config(args.config), args.dataset
     else:
@@ -145,8 +145,9 @@ def cmd_evaluate(args) -> None:
     cfg = _run_config(args)
     metrics = evaluate_run(cfg)
     headline = metrics.get("balanced_accuracy") or metrics.get("mean_dice")
-    log.info("wrote %s/metrics.json (%s %.3f, 95%% CI %s)", cfg["run_dir"],
-             "balanced accuracy" if cfg["task"] == "classification" else "mean Dice", headline["value"], headline["ci95"])
+    lo, hi = headline["ci95"]
+    log.info("wrote %s/metrics.json (%s %.3f, 95%% CI %.3f-%.3f)", cfg["run_dir"],
+             "balanced accuracy" if cfg["task"] == "classification" else "mean Dice", headline["value"], lo, hi)
 
 
 def cmd_report(args) -> None:

@@ -170,12 +170,22 @@ def resolve_experiment(config: dict, experiment: str, seed: int) -> dict:
     }
 
 
-def code_version() -> str:
-    """Package version plus a hash of the package sources: changes whenever pipeline/ code changes."""
+# Code that only evaluates or renders results: editing it must not retrain models.
+DOWNSTREAM_PACKAGES = ("evaluation", "reporting")
+
+
+def code_version(stage: str = "train") -> str:
+    """Package version plus a hash of the sources a stage depends on.
+
+    'train' covers the package except evaluation/ and reporting/; 'evaluation' and 'reporting'
+    cover those subpackages. Snakemake reruns a stage when its version changes.
+    """
     digest = hashlib.sha256()
     package_root = Path(__file__).resolve().parent
     for path in sorted(package_root.rglob("*")):
-        if path.suffix in {".py", ".yaml", ".html"} and "__pycache__" not in path.parts:
+        top = path.relative_to(package_root).parts[0]
+        in_stage = top == stage if stage in DOWNSTREAM_PACKAGES else top not in DOWNSTREAM_PACKAGES
+        if in_stage and path.suffix in {".py", ".yaml", ".html"} and "__pycache__" not in path.parts:
             digest.update(str(path.relative_to(package_root)).encode())
             digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"

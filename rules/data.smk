@@ -4,7 +4,7 @@ import json
 
 def dataset_spec(wildcards):
     spec = dict(CONFIG["datasets"][wildcards.dataset], name=wildcards.dataset, manifests_dir=MANIFESTS)
-    return json.dumps(spec, sort_keys=True)
+    return json.dumps(spec)  # key order matters: the class list is ordered
 
 
 rule prepare:

@@ -10,6 +10,8 @@ rule evaluate:
             labels={"experiment": "{experiment}", "seed": "{seed}"},
         ),
         confusion_csv=f"{RESULTS}/{{experiment}}/seed{{seed}}/confusion_matrix.csv",
+    params:
+        code=pipeline_config.code_version("evaluation"),
     log:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/evaluate.log",
     benchmark:

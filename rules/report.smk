@@ -8,6 +8,8 @@ rule report:
             category="Experiment reports",
             labels={"experiment": "{experiment}", "seed": "{seed}"},
         ),
+    params:
+        code=pipeline_config.code_version("reporting"),
     log:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/report.log",
     shell:
@@ -30,6 +32,7 @@ rule compare:
         runs=expand(f"{RESULTS}/{{experiment}}/seed{{seed}}", experiment=EXPERIMENTS, seed=SEEDS),
         baselines=compare_baselines(),
         out_dir=RESULTS,
+        code=pipeline_config.code_version("reporting"),
     log:
         "logs/compare.log",
     shell:

@@ -12,8 +12,8 @@ import pandas as pd
 
 from pipeline.data.io import read_label_map
 from pipeline.evaluation.classification import compute_classification_metrics, write_classification_tables
-from pipeline.evaluation.segmentation import compute_segmentation_metrics
-from pipeline.evaluation.stats import atomic_write_text, write_metrics_json
+from pipeline.evaluation.segmentation import compute_segmentation_metrics, write_segmentation_tables
+from pipeline.evaluation.stats import write_metrics_json
 from pipeline.errors import DataError
 
 
@@ -41,11 +41,8 @@ def evaluate_run(cfg: dict) -> dict:
         metrics, lesions, per_image = compute_segmentation_metrics(
             samples, dataset["classes"], dataset["class_names"], iou_threshold=evaluation["iou_threshold"], **common)
         metrics["label_origin"] = _label_origin(dataset)
-        atomic_write_text(run_dir / "lesions.csv", lesions.to_csv(index=False))
-        atomic_write_text(run_dir / "per_image.csv", per_image.to_csv(index=False))
+        write_segmentation_tables(metrics, run_dir, lesions, per_image)
         block = metrics["confusion_matrix"]
-        table = pd.DataFrame(block["counts"], index=pd.Index(block["row_labels"], name="true"), columns=block["col_labels"])
-        atomic_write_text(run_dir / "confusion_matrix.csv", table.to_csv())
         names = metrics["class_names"]
         row_labels = _clinical_labels(block["row_labels"], names)
         col_labels = _clinical_labels(block["col_labels"], names)

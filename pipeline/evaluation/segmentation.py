@@ -1,0 +1,419 @@
+"""Segmentation metrics from label maps → the ``metrics.json`` contract (``task="segmentation"``).
+
+Label maps are 2-D integer arrays: 0 = background, ``i + 1`` = lesion type ``classes[i]``.
+
+Two levels, each with its own rule (also written into metrics.json):
+
+* **Pixels** (MONAI ``compute_dice`` / ``compute_iou``): Dice and IoU per image and lesion type.
+  An image where a type is absent from both truth and prediction says nothing about that type and
+  is left out of that type's mean (DICE_RULE). An image's Dice is the mean over the types it does
+  count for; ``mean_dice`` is the mean over images with a percentile bootstrap CI over images.
+* **Lesions**: a lesion is a connected component (8-connectivity) of the foreground, whatever its
+  type; its type is the majority label among its pixels (ties: the lower label). True and predicted
+  lesions are matched one-to-one (MATCHING_RULE). Sensitivity of a type = true lesions of that type
+  matched to a predicted lesion of the SAME type / true lesions of that type; PPV = predicted
+  lesions of that type matched to a true lesion of the same type / predicted lesions of that type;
+  ``detected_any_type`` = true lesions matched whatever the predicted type. Wilson intervals for
+  these; F1 gets a bootstrap over images (lesions of an image resampled together).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sklearn
+import torch
+from monai.metrics import compute_dice, compute_iou
+from monai.networks.utils import one_hot
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import confusion_matrix, f1_score, mean_absolute_error
+
+from pipeline.errors import DataError
+from pipeline.evaluation.classification import resolve_class_names
+from pipeline.evaluation.stats import atomic_write_text, bootstrap_estimates, bootstrap_mean, proportion
+
+__all__ = [
+    "DICE_RULE",
+    "FALSE_LESION",
+    "MATCHING_RULE",
+    "MISSED",
+    "compute_segmentation_metrics",
+    "lesion_components",
+    "match_lesions",
+    "pixel_scores",
+    "write_segmentation_tables",
+]
+
+FALSE_LESION = "false lesion"  # confusion-matrix row: a predicted lesion with no true partner
+MISSED = "missed"  # confusion-matrix column: a true lesion with no predicted partner
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+MATCHING_RULE = (
+    "Lesions are 8-connected components of the foreground (any lesion type), typed by the majority "
+    "label of their pixels. A true and a predicted lesion are eligible for matching when their IoU "
+    ">= iou_threshold; among eligible pairs, the one-to-one assignment with the most matched pairs, "
+    "and among those the largest total IoU, is found (Hungarian algorithm, "
+    "scipy.optimize.linear_sum_assignment). Unassigned true lesions are "
+    "missed, unassigned predicted lesions are false lesions. A match counts for a type's sensitivity "
+    "and PPV only when both lesions have that type; detected_any_type ignores the type."
+)
+DICE_RULE = (
+    "Dice and IoU per image and lesion type (MONAI). An image where a type is absent from both truth "
+    "and prediction is excluded from that type's mean; a type predicted but absent from the truth "
+    "(or the reverse) scores 0. An image's Dice is the mean over its counted types; images with no "
+    "lesion in truth or prediction are excluded from mean_dice."
+)
+
+
+@dataclass(frozen=True)
+class Components:
+    """Connected lesions of one label map: ``ids`` map (0 = background, 1..n), type and area of each."""
+
+    ids: np.ndarray
+    types: np.ndarray  # label value (1..K) of component j at index j - 1
+    areas: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.types)
+
+
+# --------------------------------------------------------------------------- lesions
+def lesion_components(label_map: np.ndarray) -> Components:
+    """8-connected foreground components (``scipy.ndimage.label``), each typed by its majority label."""
+    label_map = np.asarray(label_map)
+    ids, count = ndimage.label(label_map > 0, structure=_EIGHT_CONNECTED)
+    n_labels = int(label_map.max(initial=0)) + 1
+    # pixel counts per (component, label value); row 0 is the background
+    per_label = np.bincount(ids.ravel() * n_labels + label_map.ravel().astype(np.int64),
+                            minlength=(count + 1) * n_labels).reshape(count + 1, n_labels)
+    types = per_label[1:, 1:].argmax(axis=1) + 1 if count else np.zeros(0, dtype=np.int64)
+    areas = per_label[1:].sum(axis=1)
+    return Components(ids=ids, types=types.astype(np.int64), areas=areas.astype(np.int64))
+
+
+def _iou_matrix(true: Components, pred: Components) -> np.ndarray:
+    """IoU of every (true lesion, predicted lesion) pair, shape (n_true, n_pred)."""
+    pairs = np.bincount(true.ids.ravel() * (pred.count + 1) + pred.ids.ravel(),
+                        minlength=(true.count + 1) * (pred.count + 1))
+    intersection = pairs.reshape(true.count + 1, pred.count + 1)[1:, 1:]
+    union = true.areas[:, None] + pred.areas[None, :] - intersection
+    return intersection / np.maximum(union, 1)
+
+
+def match_lesions(
+    true_map: np.ndarray,
+    pred_map: np.ndarray,
+    iou_threshold: float = 0.1,
+    *,
+    classes: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Match true and predicted lesions one-to-one; one row per lesion pair or unmatched lesion.
+
+    Rule (also ``MATCHING_RULE``): lesions are 8-connected foreground components typed by majority
+    label; pairs with IoU >= ``iou_threshold`` are eligible, and the one-to-one assignment with the
+    most eligible pairs, ties broken by the largest total IoU, is taken
+    (``scipy.optimize.linear_sum_assignment``). Counting matches first means a small predicted
+    lesion inside a large true one does not cost a neighbouring true lesion its only partner.
+    Unassigned true lesions are missed (``pred_type`` None), unassigned predicted lesions are false
+    lesions (``true_type`` None).
+
+    Rows: ``lesion_id`` (0.. in this image), ``true_type``, ``pred_type`` (label values, or codes
+    from ``classes`` when given), ``matched``, ``iou`` (of the matched pair; for an unmatched lesion
+    its largest IoU with any lesion of the other map, 0 if it touches none), ``true_area``,
+    ``pred_area`` (pixels; None for the absent side). Order: true lesions in component order, then
+    false lesions.
+    """
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    true_map, pred_map = np.asarray(true_map), np.asarray(pred_map)
+    if true_map.shape != pred_map.shape:
+        raise ValueError(f"true and predicted maps differ in shape: {true_map.shape} vs {pred_map.shape}")
+    true, pred = lesion_components(true_map), lesion_components(pred_map)
+    iou = _iou_matrix(true, pred)
+    eligible = iou >= iou_threshold
+    # each eligible pair is worth more than any total IoU (<= min(n_true, n_pred)), so the
+    # assignment maximises the number of matches first and the total IoU second
+    worth = np.where(eligible, min(true.count, pred.count) + 1 + iou, 0.0)
+    partner_of_true: dict[int, int] = {}
+    for t, p in zip(*linear_sum_assignment(worth, maximize=True)):
+        if eligible[t, p]:
+            partner_of_true[int(t)] = int(p)
+
+    name = _type_namer(classes)
+    rows: list[dict[str, Any]] = []
+    for t in range(true.count):
+        p = partner_of_true.get(t)
+        rows.append({
+            "true_type": name(true.types[t]),
+            "pred_type": None if p is None else name(pred.types[p]),
+            "matched": p is not None,
+            "iou": float(iou[t, p]) if p is not None else _best_overlap(iou[t, :]),
+            "true_area": int(true.areas[t]),
+            "pred_area": None if p is None else int(pred.areas[p]),
+        })
+    matched_preds = set(partner_of_true.values())
+    for p in range(pred.count):
+        if p not in matched_preds:
+            rows.append({"true_type": None, "pred_type": name(pred.types[p]), "matched": False,
+                         "iou": _best_overlap(iou[:, p]), "true_area": None, "pred_area": int(pred.areas[p])})
+    return [{"lesion_id": i, **row} for i, row in enumerate(rows)]
+
+
+def _best_overlap(ious: np.ndarray) -> float:
+    return float(ious.max(initial=0.0))
+
+
+def _type_namer(classes: list[str] | None):
+    if classes is None:
+        return lambda value: int(value)
+    return lambda value: classes[int(value) - 1]
+
+
+# --------------------------------------------------------------------------- pixels
+def pixel_scores(true_map: np.ndarray, pred_map: np.ndarray, n_types: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU per lesion type for one image (MONAI), NaN where the type is in neither map.
+
+    Only pixels that are foreground in at least one map are passed to MONAI, as a 1-D image: a
+    pixel that is background in both adds nothing to any lesion type's overlap or sizes, so the
+    scores are unchanged, and MONAI's per-channel loop runs on a few percent of a photo.
+    """
+    foreground = (np.asarray(true_map) > 0) | (np.asarray(pred_map) > 0)
+    if not foreground.any():
+        return np.full(n_types, np.nan), np.full(n_types, np.nan)
+    true_t = torch.as_tensor(np.asarray(true_map, dtype=np.int64)[foreground])[None, None]
+    pred_t = torch.as_tensor(np.asarray(pred_map, dtype=np.int64)[foreground])[None, None]
+    y = one_hot(true_t, n_types + 1, dtype=torch.float64)
+    y_pred = one_hot(pred_t, n_types + 1, dtype=torch.float64)
+    # ignore_empty=False: a type absent from the truth scores 0 when predicted (1 when not; masked below)
+    dice = compute_dice(y_pred, y, include_background=False, ignore_empty=False)[0].numpy().copy()
+    iou = compute_iou(y_pred, y, include_background=False, ignore_empty=False)[0].numpy().copy()
+    absent = (y.sum(dim=2) + y_pred.sum(dim=2))[0, 1:].numpy() == 0
+    dice[absent] = np.nan
+    iou[absent] = np.nan
+    return dice, iou
+
+
+# --------------------------------------------------------------------------- main entry
+def compute_segmentation_metrics(
+    samples: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    classes: list[str],
+    class_names: dict[str, str] | None = None,
+    *,
+    experiment: str = "",
+    seed: int | None = None,
+    iou_threshold: float = 0.1,
+    n_bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Pixel- and lesion-level metrics over ``(image_id, true_map, pred_map)`` samples.
+
+    Returns ``(metrics, lesions, per_image)``: the metrics.json dict (NaN where undefined), the
+    lesion table (``image_id`` + :func:`match_lesions` rows, types as class codes) and one row per
+    image (``image_id``, ``dice``, ``iou``, ``dice_<TYPE>``, ``n_true[_<TYPE>]``, ``n_pred[_<TYPE>]``).
+    ``samples`` may be a generator: maps are read once and not kept.
+    """
+    classes = list(classes)
+    _check_class_list(classes)
+    names = resolve_class_names(classes, class_names)
+    per_image_rows, lesion_rows, dice_rows, iou_rows = [], [], [], []
+    seen: set[str] = set()
+    for image_id, true_map, pred_map in samples:
+        image_id = str(image_id)
+        if image_id in seen:
+            raise DataError(f"segmentation evaluation: image_id {image_id!r} appears twice")
+        seen.add(image_id)
+        true_map = _checked_map(true_map, image_id, "true", len(classes))
+        pred_map = _checked_map(pred_map, image_id, "predicted", len(classes))
+        if true_map.shape != pred_map.shape:
+            raise DataError(f"image {image_id!r}: true map {true_map.shape} and predicted map "
+                            f"{pred_map.shape} differ in shape")
+        dice, iou = pixel_scores(true_map, pred_map, len(classes))
+        lesions = match_lesions(true_map, pred_map, iou_threshold, classes=classes)
+        dice_rows.append(dice)
+        iou_rows.append(iou)
+        lesion_rows.extend({"image_id": image_id, **row} for row in lesions)
+        per_image_rows.append(_per_image_row(image_id, dice, iou, lesions, classes))
+    if not per_image_rows:
+        raise DataError("segmentation evaluation: no images to evaluate")
+
+    dice_table, iou_table = np.vstack(dice_rows), np.vstack(iou_rows)
+    lesions = _lesion_frame(lesion_rows)
+    per_image = pd.DataFrame(per_image_rows)
+    metrics = _metrics(classes, names, dice_table, iou_table, lesions, per_image,
+                       n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed)
+    metrics = {"task": "segmentation", "experiment": experiment, "seed": seed, "classes": classes,
+               "class_names": names, "n_images": len(per_image), "iou_threshold": iou_threshold,
+               "matching_rule": MATCHING_RULE, "dice_rule": DICE_RULE, **metrics,
+               "bootstrap": {"n_resamples": n_bootstrap, "seed": bootstrap_seed, "method": "percentile",
+                             "unit": "image"}}
+    return metrics, lesions, per_image
+
+
+def _check_class_list(classes: list[str]) -> None:
+    if not classes:
+        raise DataError("segmentation class list is empty: it must name the lesion types")
+    if len(set(classes)) != len(classes):
+        raise DataError(f"segmentation class list has duplicates: {classes}")
+
+
+def _checked_map(label_map: np.ndarray, image_id: str, which: str, n_types: int) -> np.ndarray:
+    label_map = np.asarray(label_map)
+    if label_map.ndim != 2:
+        raise DataError(f"image {image_id!r}: {which} label map must be 2-D, got shape {label_map.shape}")
+    if not (np.issubdtype(label_map.dtype, np.integer) or label_map.dtype == bool):
+        raise DataError(f"image {image_id!r}: {which} label map must hold integers, got {label_map.dtype}")
+    label_map = label_map.astype(np.int64)
+    if label_map.size and (label_map.min() < 0 or label_map.max() > n_types):
+        raise DataError(f"image {image_id!r}: {which} label map has values outside 0..{n_types} "
+                        f"(0 = background, 1..{n_types} = lesion types): {sorted(np.unique(label_map))[:10]}")
+    return label_map
+
+
+def _per_image_row(image_id: str, dice: np.ndarray, iou: np.ndarray, lesions: list[dict[str, Any]],
+                   classes: list[str]) -> dict[str, Any]:
+    true_types = [r["true_type"] for r in lesions if r["true_type"] is not None]
+    pred_types = [r["pred_type"] for r in lesions if r["pred_type"] is not None]
+    row: dict[str, Any] = {"image_id": image_id, "dice": _mean_or_nan(dice), "iou": _mean_or_nan(iou)}
+    row.update({f"dice_{c}": float(d) for c, d in zip(classes, dice)})
+    row.update({"n_true": len(true_types), "n_pred": len(pred_types)})
+    for c in classes:
+        row[f"n_true_{c}"] = true_types.count(c)
+        row[f"n_pred_{c}"] = pred_types.count(c)
+    return row
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _lesion_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    columns = ["image_id", "lesion_id", "true_type", "pred_type", "matched", "iou", "true_area", "pred_area"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({"lesion_id": "int64", "matched": bool, "iou": float,
+                         "true_area": "Int64", "pred_area": "Int64",
+                         "true_type": object, "pred_type": object})
+
+
+# --------------------------------------------------------------------------- aggregation
+def _metrics(classes: list[str], names: dict[str, str], dice: np.ndarray, iou: np.ndarray,
+             lesions: pd.DataFrame, per_image: pd.DataFrame, *, n_bootstrap: int,
+             bootstrap_seed: int) -> dict[str, Any]:
+    none = len(classes)  # code for "no lesion on this side" (false lesion row / missed column)
+    code = {c: i for i, c in enumerate(classes)}
+    true_codes = lesions["true_type"].map(code).fillna(none).to_numpy(dtype=np.int64)
+    pred_codes = lesions["pred_type"].map(code).fillna(none).to_numpy(dtype=np.int64)
+    counts = confusion_matrix(true_codes, pred_codes, labels=np.arange(none + 1)) if len(lesions) \
+        else np.zeros((none + 1, none + 1), dtype=np.int64)
+    f1s = _lesion_f1(lesions, true_codes, pred_codes, per_image["image_id"].tolist(), len(classes),
+                     n_bootstrap, bootstrap_seed)
+
+    per_class = {}
+    for i, c in enumerate(classes):
+        support, predicted, correct = int(counts[i].sum()), int(counts[:, i].sum()), int(counts[i, i])
+        per_class[c] = {
+            "name": names[c],
+            "support": support,
+            "predicted": predicted,
+            "sensitivity": proportion(correct, support),
+            "ppv": proportion(correct, predicted),
+            "f1": f1s[i],
+            "detected_any_type": proportion(support - int(counts[i, none]), support),
+            "dice": bootstrap_mean(dice[:, i], n_bootstrap, bootstrap_seed),
+            "iou": bootstrap_mean(iou[:, i], n_bootstrap, bootstrap_seed),
+            "count_error": _count_error(per_image[f"n_true_{c}"], per_image[f"n_pred_{c}"]),
+            "most_confused_with": [{"class": classes[j], "count": int(counts[i, j])}
+                                   for j in np.argsort(-counts[i, :none], kind="stable")
+                                   if j != i and counts[i, j] > 0],
+        }
+    n_true, n_pred = int(counts[:none].sum()), int(counts[:, :none].sum())
+    n_matched = int(counts[:none, :none].sum())
+    return {
+        "mean_dice": {**bootstrap_mean(per_image["dice"], n_bootstrap, bootstrap_seed),
+                      "excluded_images": int(per_image["dice"].isna().sum())},
+        "mean_iou": {**bootstrap_mean(per_image["iou"], n_bootstrap, bootstrap_seed),
+                     "excluded_images": int(per_image["iou"].isna().sum())},
+        "lesion_detection": {"sensitivity": proportion(n_matched, n_true), "ppv": proportion(n_matched, n_pred),
+                             "rule": "matched regardless of type"},
+        "lesion_count_error": _count_error(per_image["n_true"], per_image["n_pred"]),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": classes, "row_labels": [*classes, FALSE_LESION],
+                             "col_labels": [*classes, MISSED], "counts": counts.tolist(),
+                             "rows": "true lesion type", "columns": "predicted lesion type"},
+    }
+
+
+def _count_error(true_counts: pd.Series, pred_counts: pd.Series) -> dict[str, float]:
+    """Per-image lesion count error: mean absolute and mean signed (predicted - true)."""
+    return {"mae": float(mean_absolute_error(true_counts, pred_counts)),
+            "mean_signed": float(np.mean(pred_counts.to_numpy() - true_counts.to_numpy()))}
+
+
+def _lesion_f1(lesions: pd.DataFrame, true_codes: np.ndarray, pred_codes: np.ndarray, image_ids: list[str],
+               n_types: int, n_bootstrap: int, bootstrap_seed: int) -> list[dict[str, Any]]:
+    """Lesion-level F1 per type (scikit-learn), bootstrapped by resampling whole images."""
+    rows_of_image = lesions.groupby("image_id", sort=False).indices
+    true_by_image = [true_codes[rows_of_image.get(i, [])] for i in image_ids]
+    pred_by_image = [pred_codes[rows_of_image.get(i, [])] for i in image_ids]
+    labels = np.arange(n_types)
+
+    def statistic(image_index: np.ndarray) -> np.ndarray:
+        y_true = np.concatenate([true_by_image[i] for i in image_index]).astype(np.int64)
+        y_pred = np.concatenate([pred_by_image[i] for i in image_index]).astype(np.int64)
+        if y_true.size == 0:
+            return np.full(n_types, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=np.nan)
+        return np.where(np.isin(labels, y_true), f1, np.nan)  # no F1 for a type without true lesions
+
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):  # codes built above
+        return bootstrap_estimates(statistic, [np.arange(len(image_ids))], n_bootstrap, bootstrap_seed)
+
+
+# --------------------------------------------------------------------------- tables
+_SEGMENTATION_RATES = ("sensitivity", "ppv", "f1", "detected_any_type", "dice", "iou")
+
+
+def write_segmentation_tables(
+    metrics: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    lesions: pd.DataFrame | None = None,
+    per_image: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Write confusion_matrix.csv (lesions) and per_class.csv from ``metrics``, and lesions.csv /
+    per_image.csv when those tables are given. Read from the metrics, never recomputed; atomic."""
+    out_dir = Path(out_dir)
+    block = metrics["confusion_matrix"]
+    counts = pd.DataFrame(block["counts"], index=pd.Index(block["row_labels"], name="true"),
+                          columns=block["col_labels"])
+    rows = []
+    for code in metrics["classes"]:
+        entry = metrics["per_class"][code]
+        row: dict[str, Any] = {"class": code, "name": entry["name"], "support": entry["support"],
+                               "predicted": entry["predicted"]}
+        for metric in _SEGMENTATION_RATES:
+            lo, hi = entry[metric]["ci95"]
+            row.update({metric: entry[metric]["value"], f"{metric}_ci_lo": lo, f"{metric}_ci_hi": hi})
+        row.update({"count_mae": entry["count_error"]["mae"],
+                    "count_mean_signed": entry["count_error"]["mean_signed"]})
+        rows.append(row)
+    per_class = pd.DataFrame(rows).astype({m: float for m in _SEGMENTATION_RATES})
+    written = [atomic_write_text(out_dir / "confusion_matrix.csv", counts.to_csv()),
+               atomic_write_text(out_dir / "per_class.csv", per_class.to_csv(index=False))]
+    if lesions is not None:
+        written.append(atomic_write_text(out_dir / "lesions.csv", lesions.to_csv(index=False)))
+    if per_image is not None:
+        written.append(atomic_write_text(out_dir / "per_image.csv", per_image.to_csv(index=False)))
+    return written

@@ -1,0 +1,114 @@
+"""End-to-end Snakemake runs of a tiny config in a temporary folder (the real Snakefile and rules)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+ROOT = Path(__file__).resolve().parents[1]
+ISIC = {"MEL": "Melanoma", "NV": "Melanocytic nevus", "BCC": "Basal cell carcinoma", "AKIEC": "Actinic keratosis",
+        "BKL": "Benign keratosis", "DF": "Dermatofibroma", "VASC": "Vascular lesion"}
+ACNE = {"whitehead": "Whitehead", "blackhead": "Blackhead", "papule": "Papule", "pustule": "Pustule",
+        "nodule": "Nodule", "cyst": "Cyst"}
+FAST_TRAIN = {"epochs": 1, "batch_size": 16, "max_train_batches": 3}
+
+
+def tiny_config() -> dict:
+    return {
+        "seeds": [0],
+        "evaluation": {"n_bootstrap": 200},
+        "datasets": {
+            "isic_tiny": {"task": "classification", "adapter": "synthetic_isic", "root": "data/isic",
+                          "params": {"scale": 0.02, "image_size": 32, "seed": 1}, "classes": ISIC,
+                          "split": {"seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}},
+            "acne_tiny": {"task": "segmentation", "adapter": "synthetic_acne", "root": "data/acne",
+                          "params": {"n_images": 24, "image_size": 64, "seed": 1}, "classes": ACNE, "grouping": "patient",
+                          "split": {"seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}},
+        },
+        "defaults": {
+            "classification": {"model": {"name": "test_resnet"}, "train": {**FAST_TRAIN, "image_size": 32}},
+            "segmentation": {"model": {"name": "Unet", "encoder": "tu-test_resnet",
+                                       "params": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}},
+                             "train": {**FAST_TRAIN, "batch_size": 8, "patch_size": 32, "patches_per_image": 2}},
+        },
+        "experiments": {
+            "cls_ce": {"dataset": "isic_tiny", "loss": {"name": "ce"}},
+            "cls_dynamical": {"dataset": "isic_tiny", "loss": {"name": "dynamical", "amplitude": 3.0, "period": 2}},
+            "seg_dice_ce": {"dataset": "acne_tiny", "loss": {"name": "dice_ce"},
+                            "sampler": {"name": "lesion_patches", "ratios": {"nodule": 2}}},
+        },
+    }
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "config.yaml"), "--cores", "2", "--show-failed-logs", *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished_workflow(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_every_stage_writes_its_outputs(finished_workflow):
+    results = finished_workflow / "results"
+    for experiment in ("cls_ce", "cls_dynamical", "seg_dice_ce"):
+        run = results / experiment / "seed0"
+        for name in ("run.yaml", "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/config.yaml",
+                     "training_summary.json", "predictions.csv", "metrics.json", "confusion_matrix.csv",
+                     "confusion_matrix.png", "report.html", "logs/train.log", "benchmarks/train.tsv"):
+            assert (run / name).is_file(), f"{experiment}: {name}"
+    assert (results / "comparison.csv").is_file() and (results / "comparison.html").is_file()
+    assert (finished_workflow / "data_manifests" / "isic_tiny.split.csv").is_file()
+    weights = pd.read_csv(results / "cls_dynamical" / "seed0" / "loss_weights.csv")
+    assert weights.filter(like="w").sum(axis=1).round(4).eq(7).all()
+
+
+@pytest.mark.slow
+def test_metrics_json_agrees_with_the_predictions_file(finished_workflow):
+    run = finished_workflow / "results" / "cls_ce" / "seed0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    predictions = pd.read_csv(run / "predictions.csv", dtype=str)
+    classes = list(ISIC)
+    assert metrics["classes"] == classes
+    assert metrics["n_images"] == len(predictions)
+    truth, pred = predictions["label"], predictions["pred"]
+    assert metrics["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(truth, pred))
+    assert metrics["confusion_matrix"]["counts"] == confusion_matrix(truth, pred, labels=classes).tolist()
+    for code in classes:
+        entry = metrics["per_class"][code]
+        assert entry["support"] == int((truth == code).sum())
+        hits = int(((truth == code) & (pred == code)).sum())
+        assert entry["sensitivity"]["value"] == pytest.approx(hits / entry["support"])
+    split = pd.read_csv(finished_workflow / "data_manifests" / "isic_tiny.split.csv", dtype=str)
+    assert set(predictions["image_id"]) == set(split.loc[split["split"] == "test", "image_id"])
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op_and_one_changed_experiment_reruns_alone(finished_workflow):
+    dry = snakemake(finished_workflow, "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    config = tiny_config()
+    config["experiments"]["cls_dynamical"]["loss"]["amplitude"] = 4.0
+    (finished_workflow / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    dry = snakemake(finished_workflow, "-n", "--quiet", "rules")
+    output = dry.stdout + dry.stderr
+    assert dry.returncode == 0, output
+    assert "train" in output and "resolve" in output
+    jobs = {line.split()[0]: int(line.split()[1]) for line in output.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert jobs.get("train") == 1 and jobs.get("predict") == 1, output
+    assert "prepare" not in jobs and "split" not in jobs
