@@ -12,6 +12,10 @@ min_version("9.0")
 if "datasets" not in config:  # a --configfile with its own datasets replaces the default config whole
     configfile: "configs/config.yaml"
 
+# `--config seeds=[0,1,2]` arrives as strings; the schema wants integers.
+if "seeds" in config:
+    config["seeds"] = [int(seed) for seed in config["seeds"]]
+
 validate(config, "pipeline/schemas/config.schema.yaml")
 
 from pipeline import config as pipeline_config
