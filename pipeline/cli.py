@@ -154,7 +154,9 @@ def cmd_report(args) -> None:
     from pipeline.reporting.html import write_experiment_report
 
     cfg = _run_config(args)
-    out = write_experiment_report(run_dir=Path(cfg["run_dir"]), config=cfg, out_path=Path(cfg["run_dir"]) / "report.html")
+    run_dir = Path(cfg["run_dir"])
+    out = write_experiment_report(run_dir=run_dir, config=cfg, out_path=run_dir / "report.html",
+                                  figures_dir=run_dir / "figures")
     log.info("wrote %s", out)
 
 
@@ -172,7 +174,7 @@ def cmd_compare(args) -> None:
     else:
         raise PipelineError("name the runs with --config, or with --runs/--baseline/--out-dir")
     write_comparison(run_dirs=run_dirs, baselines=baselines, out_csv=out_dir / "comparison.csv",
-                     out_html=out_dir / "comparison.html")
+                     out_html=out_dir / "comparison.html", figures_dir=out_dir / "comparison_figures")
     log.info("wrote %s and %s", out_dir / "comparison.csv", out_dir / "comparison.html")
 
 

@@ -239,9 +239,10 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
             if track_weights:
                 weight_rows.append(f"{step}," + ",".join(f"{w:.5f}" for w in criterion.current_weights().tolist()))
 
-        val_score = task.validation_score(model, val_frame, device, tcfg["num_workers"], amp_dtype) if is_main else math.nan
+        validate_now = is_main and ((epoch + 1) % tcfg["val_every"] == 0 or epoch + 1 == epochs)
+        val_score = task.validation_score(model, val_frame, device, tcfg["num_workers"], amp_dtype) if validate_now else math.nan
         state["epoch"] = epoch + 1
-        improved = is_main and val_score > state["best_score"]
+        improved = validate_now and val_score > state["best_score"]
         if improved:
             state["best_score"], state["best_epoch"] = val_score, epoch + 1
         record = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), f"val_{task.score_name}": val_score,

@@ -3,10 +3,17 @@ rule report:
         run=f"{RESULTS}/{{experiment}}/seed{{seed}}/run.yaml",
         metrics=f"{RESULTS}/{{experiment}}/seed{{seed}}/metrics.json",
     output:
-        report(
+        html=report(
             f"{RESULTS}/{{experiment}}/seed{{seed}}/report.html",
             category="Experiment reports",
             labels={"experiment": "{experiment}", "seed": "{seed}"},
+        ),
+        figures=report(
+            directory(f"{RESULTS}/{{experiment}}/seed{{seed}}/figures"),
+            patterns=["{figure}.png"],
+            category="Figures",
+            subcategory="{experiment} seed {seed}",
+            labels={"experiment": "{experiment}", "seed": "{seed}", "figure": "{figure}"},
         ),
     params:
         code=pipeline_config.code_version("reporting"),
@@ -28,6 +35,12 @@ rule compare:
     output:
         csv=f"{RESULTS}/comparison.csv",
         html=report(f"{RESULTS}/comparison.html", category="Comparison", labels={"report": "all experiments"}),
+        figures=report(
+            directory(f"{RESULTS}/comparison_figures"),
+            patterns=["{figure}.png"],
+            category="Comparison",
+            labels={"report": "figure", "figure": "{figure}"},
+        ),
     params:
         runs=expand(f"{RESULTS}/{{experiment}}/seed{{seed}}", experiment=EXPERIMENTS, seed=SEEDS),
         baselines=compare_baselines(),

@@ -1,0 +1,517 @@
+"""Cross-experiment comparison: results/comparison.csv and results/comparison.html.
+
+One row per experiment (mean and spread over seeds when there are several), the best value of
+each column marked, and for every experiment a paired bootstrap over test images against its
+task's baseline (``pipeline.evaluation.stats.paired_bootstrap_difference``): the difference in
+balanced accuracy and in each class's sensitivity (segmentation: mean Dice and each type's
+lesion sensitivity), with its 95% CI and a plain verdict.
+
+Several seeds: the runs of the two experiments are paired seed by seed (seeds present in both),
+and the bootstrap statistic is the seed-averaged difference, every seed's predictions resampled
+with the same test images; so the interval reflects test-set sampling of the seed-averaged
+models, while the spread across seeds is shown separately (SD and range). Each seed pair's own
+bootstrap is listed too.
+
+Baselines: ``baselines`` maps task -> experiment (the workflow config's ``baselines``). A bare
+``baseline`` name is also accepted and applies to the task it belongs to. A task with none
+configured uses its first experiment in ``run_dirs`` order, and the report says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.metrics import balanced_accuracy_score
+from statsmodels.stats.multitest import multipletests
+
+from pipeline.errors import ConfigError, DataError
+from pipeline.evaluation.classification import align_paired_predictions
+from pipeline.evaluation.stats import atomic_write_text, paired_bootstrap_difference
+from pipeline.reporting import captions, figures
+from pipeline.reporting.html import load_metrics, render, scalar
+
+TASKS = ("classification", "segmentation")
+
+
+@dataclass
+class Run:
+    """One results/<experiment>/seed<k>/ directory."""
+
+    run_dir: Path
+    experiment: str
+    seed: int
+    task: str
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Experiment:
+    name: str
+    task: str
+    runs: dict[int, Run] = field(default_factory=dict)  # seed -> run
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.runs)
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in next(iter(self.runs.values())).metrics["classes"]]
+
+    @property
+    def class_names(self) -> dict[str, str]:
+        names = next(iter(self.runs.values())).metrics.get("class_names") or {}
+        if isinstance(names, list):
+            names = dict(zip(self.classes, names))
+        return {c: captions.display_name(c, names.get(c)) for c in self.classes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and grouping
+# ---------------------------------------------------------------------------------------------
+def load_runs(run_dirs: Sequence[Path]) -> dict[str, dict[str, Experiment]]:
+    """task -> experiment name -> Experiment, in the order the run directories were given."""
+    if not run_dirs:
+        raise ConfigError("compare: no run directories given")
+    tasks: dict[str, dict[str, Experiment]] = {}
+    for run_dir in map(Path, run_dirs):
+        metrics = load_metrics(run_dir / "metrics.json")
+        name = str(metrics.get("experiment") or run_dir.parent.name)
+        seed = _seed_of(metrics, run_dir)
+        task = metrics["task"]
+        experiment = tasks.setdefault(task, {}).setdefault(name, Experiment(name, task))
+        if seed in experiment.runs:
+            raise DataError(f"{run_dir}: experiment {name!r} seed {seed} is also in {experiment.runs[seed].run_dir}")
+        if experiment.runs and experiment.classes != [str(c) for c in metrics["classes"]]:
+            raise DataError(f"{run_dir}: classes {metrics['classes']} differ from the other seeds of {name!r}")
+        experiment.runs[seed] = Run(run_dir, name, seed, task, metrics)
+    for task, experiments in tasks.items():
+        class_lists = {tuple(e.classes) for e in experiments.values()}
+        if len(class_lists) > 1:
+            raise DataError(f"{task} experiments use different class lists {sorted(class_lists)}: they cannot be compared")
+    return tasks
+
+
+def _seed_of(metrics: Mapping[str, Any], run_dir: Path) -> int:
+    if captions.is_number(metrics.get("seed")):
+        return int(metrics["seed"])
+    match = re.fullmatch(r"seed(\d+)", run_dir.name)
+    if not match:
+        raise DataError(f"{run_dir}: metrics.json has no seed and the folder is not named seed<k>")
+    return int(match.group(1))
+
+
+def resolve_baselines(
+    tasks: Mapping[str, Mapping[str, Experiment]],
+    baselines: Mapping[str, str] | None,
+    baseline: str | None,
+) -> dict[str, tuple[str, str]]:
+    """task -> (baseline experiment, why it is the baseline)."""
+    chosen: dict[str, tuple[str, str]] = {}
+    for task, name in (baselines or {}).items():
+        if task not in tasks:
+            continue  # a configured baseline for a task with no runs here
+        if name not in tasks[task]:
+            raise ConfigError(f"baseline for {task} is {name!r}, which is not among its runs: {list(tasks[task])}")
+        chosen[task] = (name, "configured")
+    if baseline is not None:
+        owners = [task for task, experiments in tasks.items() if baseline in experiments]
+        if not owners:
+            raise ConfigError(f"baseline {baseline!r} is not among the compared experiments: "
+                              f"{[n for e in tasks.values() for n in e]}")
+        chosen.setdefault(owners[0], (baseline, "configured"))
+    for task, experiments in tasks.items():
+        chosen.setdefault(task, (next(iter(experiments)), "first experiment listed (no baseline configured)"))
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary rows (figures read from metrics.json)
+# ---------------------------------------------------------------------------------------------
+def _metric_columns(task: str, classes: Sequence[str], names: Mapping[str, str]) -> list[tuple[str, str, Callable, bool, bool]]:
+    """(column key, heading, getter(metrics), higher is better, shown as a percentage)."""
+    if task == "classification":
+        columns = [
+            ("balanced_accuracy", "Balanced accuracy", lambda m: m.get("balanced_accuracy"), True, True),
+            ("macro_auc", "Macro AUC", lambda m: m.get("macro_auc"), True, False),
+            ("ece", "ECE", lambda m: (m.get("calibration") or {}).get("ece"), False, False),
+        ]
+    else:
+        columns = [
+            ("mean_dice", "Mean Dice", lambda m: m.get("mean_dice"), True, False),
+            ("mean_iou", "Mean IoU", lambda m: m.get("mean_iou"), True, False),
+            ("lesion_sensitivity", "Lesions found (any type)",
+             lambda m: (m.get("lesion_detection") or {}).get("sensitivity"), True, True),
+        ]
+    heading = "Sensitivity" if task == "classification" else "Lesion sensitivity"
+    for code in classes:
+        columns.append((f"sensitivity_{code}", f"{heading}: {names[code]}",
+                        lambda m, c=code: (m["per_class"].get(c) or {}).get("sensitivity"), True, True))
+    return columns
+
+
+def summarize(experiment: Experiment, getter: Callable) -> dict[str, Any]:
+    """Mean, SD and range of one stored figure over seeds; with one seed, its stored 95% CI."""
+    entries = [getter(run.metrics) for run in experiment.runs.values()]
+    values = np.array([v for v in (scalar(e) for e in entries) if v is not None], dtype=float)
+    summary: dict[str, Any] = {"mean": math.nan, "sd": math.nan, "min": math.nan, "max": math.nan,
+                               "ci95": None, "n": int(values.size)}
+    if values.size:
+        summary.update(mean=float(values.mean()), min=float(values.min()), max=float(values.max()))
+    if values.size > 1:
+        summary["sd"] = float(values.std(ddof=1))
+    if len(entries) == 1 and isinstance(entries[0], Mapping):
+        ci = entries[0].get("ci95")
+        if ci and all(captions.is_number(v) for v in ci):
+            summary["ci95"] = [float(ci[0]), float(ci[1])]
+    return summary
+
+
+def _summary_text(summary: Mapping[str, Any], percent: bool) -> tuple[str, str]:
+    """(main figure, detail line): the mean, then the seed spread or the stored 95% CI."""
+    if not captions.is_number(summary["mean"]):
+        return "n/a", ""
+    show = (lambda v: captions.pct(v, 1)) if percent else (lambda v: f"{v:.3f}")
+    if summary["n"] > 1:
+        sd = f"{100 * summary['sd']:.1f}" if percent else f"{summary['sd']:.3f}"
+        return show(summary["mean"]), f"\u00b1 {sd}; {show(summary['min'])}\u2013{show(summary['max'])} over {summary['n']} seeds"
+    if summary["ci95"]:
+        return show(summary["mean"]), captions.ci_text(summary["ci95"], percent=percent, digits=1 if percent else 3)
+    return show(summary["mean"]), ""
+
+
+def _mark_best(rows: list[dict[str, Any]], columns: Sequence[tuple]) -> None:
+    """Flag the best mean in each column (all of them on a tie)."""
+    for key, _, _, higher, _ in columns:
+        means = [row["cells"][key]["mean"] for row in rows]
+        finite = [m for m in means if captions.is_number(m)]
+        if len(finite) < 2:
+            continue
+        best = max(finite) if higher else min(finite)
+        for row in rows:
+            row["cells"][key]["best"] = captions.is_number(row["cells"][key]["mean"]) and math.isclose(
+                row["cells"][key]["mean"], best, rel_tol=0, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired bootstrap against the baseline
+# ---------------------------------------------------------------------------------------------
+def _seed_mean(statistic: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Turn a statistic of one run's predictions into the mean over seeds (columns of ``pred``)."""
+
+    def mean_over_seeds(y_true: np.ndarray, pred: np.ndarray) -> float:
+        pred = pred.reshape(len(pred), -1)
+        values = [statistic(y_true, pred[:, s]) for s in range(pred.shape[1])]
+        return float(np.mean(values))  # NaN when undefined on this resample: skipped by the bootstrap
+
+    return mean_over_seeds
+
+
+def balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy (mean recall over the classes present in y_true)."""
+    with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True):
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" on small resamples
+        return float(balanced_accuracy_score(y_true, pred))
+
+
+def class_sensitivity(code: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Recall of one class: the share of its images predicted as it, NaN when it has none.
+
+    Identical to ``sklearn.metrics.recall_score(y_true == code, pred == code)`` (checked in the
+    tests) but in numpy: it runs resamples x classes x seeds times in each comparison.
+    """
+
+    def sensitivity(y_true: np.ndarray, pred: np.ndarray) -> float:
+        positives = y_true == code
+        return float(np.mean(pred[positives] == code)) if positives.any() else math.nan
+
+    return sensitivity
+
+
+def nanmean_statistic(_: np.ndarray, values: np.ndarray) -> float:
+    """Mean of per-image scores, ignoring images where the score is undefined (NaN)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+@dataclass
+class PairedData:
+    """Aligned test-image arrays of an experiment and its baseline: rows = images, columns = seeds.
+
+    ``truth`` holds what both runs are scored against (classification: the true class; segmentation:
+    annotated lesions per type per image), ``a`` / ``b`` what each run produced."""
+
+    image_ids: np.ndarray
+    truth: dict[str, np.ndarray]
+    a: dict[str, np.ndarray]
+    b: dict[str, np.ndarray]
+
+
+def _paired_data(experiment: Experiment, baseline: Experiment, seeds: Sequence[int]) -> PairedData:
+    task = experiment.task
+    read = _read_predictions if task == "classification" else _read_per_image
+    truth_columns = ["label"] if task == "classification" else [f"true_{c}" for c in experiment.classes]
+    output_columns = ["pred"] if task == "classification" else ["dice"] + [f"found_{c}" for c in experiment.classes]
+    a_columns: dict[str, list[np.ndarray]] = {c: [] for c in output_columns}
+    b_columns: dict[str, list[np.ndarray]] = {c: [] for c in output_columns}
+    ids, truth = None, {}
+    for seed in seeds:
+        a_run, b_run = experiment.runs[seed], baseline.runs[seed]
+        a, b = align_paired_predictions(read(a_run, experiment.classes), read(b_run, experiment.classes),
+                                        names=(str(a_run.run_dir), str(b_run.run_dir)))
+        if ids is None:
+            ids = a["image_id"].to_numpy()
+            truth = {c: a[c].to_numpy() for c in truth_columns}
+        elif not np.array_equal(ids, a["image_id"].to_numpy()):
+            raise DataError(f"{a_run.run_dir}: seed {seed} was evaluated on other test images than seed {seeds[0]}")
+        for column in truth_columns:
+            if not (np.array_equal(a[column].to_numpy(), truth[column]) and np.array_equal(b[column].to_numpy(), truth[column])):
+                raise DataError(f"{a_run.run_dir} and {b_run.run_dir}: the annotations ({column}) differ between "
+                                f"runs, so they were not scored against the same reference")
+        for column in output_columns:
+            a_columns[column].append(a[column].to_numpy())
+            b_columns[column].append(b[column].to_numpy())
+    stack = lambda cols: {k: np.column_stack(v) for k, v in cols.items()}  # noqa: E731
+    return PairedData(ids, truth, stack(a_columns), stack(b_columns))
+
+
+def _read_predictions(run: Run, classes: Sequence[str]) -> pd.DataFrame:
+    path = run.run_dir / "predictions.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; the paired comparison needs each run's predictions")
+    frame = pd.read_csv(path, dtype={"image_id": str, "label": str, "pred": str}, keep_default_na=False)
+    missing = [c for c in ("image_id", "label", "pred") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}")
+    return frame
+
+
+def _read_per_image(run: Run, classes: Sequence[str]) -> pd.DataFrame:
+    """Per test image: Dice (per_image.csv) and, per type, annotated lesions and those found with
+    the right type (counted from lesions.csv, the evaluation's own matching)."""
+    per_image_path, lesions_path = run.run_dir / "per_image.csv", run.run_dir / "lesions.csv"
+    for path in (per_image_path, lesions_path):
+        if not path.is_file():
+            raise DataError(f"{path}: not found; the paired comparison needs it (run `pipeline evaluate`)")
+    per_image = pd.read_csv(per_image_path, dtype={"image_id": str})
+    lesions = pd.read_csv(lesions_path, dtype={"image_id": str, "true_type": str, "pred_type": str})
+    for path, frame, needed in ((per_image_path, per_image, ["image_id", "dice"]),
+                                (lesions_path, lesions, ["image_id", "true_type", "pred_type", "matched"])):
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}")
+    table = per_image[["image_id", "dice"]].set_index("image_id")
+    matched = lesions["matched"].astype(str).str.lower().isin(["true", "1"])
+    for code in classes:
+        true_of_type = lesions["true_type"] == code
+        table[f"true_{code}"] = lesions[true_of_type].groupby("image_id").size()
+        table[f"found_{code}"] = lesions[true_of_type & matched & (lesions["pred_type"] == code)].groupby("image_id").size()
+    table = table.fillna({c: 0 for c in table.columns if c != "dice"}).reset_index()
+    return table.assign(label="")  # align_paired_predictions checks labels; per-image rows have none
+
+
+def paired_differences(
+    experiment: Experiment,
+    baseline: Experiment,
+    n_bootstrap: int,
+    bootstrap_seed: int,
+) -> dict[str, Any]:
+    """Differences experiment - baseline over the seeds both have, with per-seed-pair detail."""
+    seeds = sorted(set(experiment.seeds) & set(baseline.seeds))
+    if not seeds:
+        return {"seeds": [], "rows": [], "per_seed": [], "n_images": 0, "headline_caption": "", "per_class_caption": "", "note":
+                f"no seed in common with the baseline ({experiment.seeds} vs {baseline.seeds}): not compared"}
+    data = _paired_data(experiment, baseline, seeds)
+    statistics = _comparison_statistics(experiment)
+    rows = []
+    for key, name, statistic, truth, output in statistics:
+        result = paired_bootstrap_difference(_seed_mean(statistic), data.truth[truth], data.a[output],
+                                             data.b[output], n_resamples=n_bootstrap, seed=bootstrap_seed)
+        rows.append(_difference_row(key, name, result, experiment.name, baseline.name))
+    _holm_adjust(rows[1:])  # the headline figure is one planned test; the per-class rows are a family
+    per_seed = []
+    if len(seeds) > 1:  # the headline statistic for each seed pair on its own
+        key, name, statistic, truth, output = statistics[0]
+        for i, seed in enumerate(seeds):
+            result = paired_bootstrap_difference(statistic, data.truth[truth], data.a[output][:, i],
+                                                 data.b[output][:, i], n_resamples=n_bootstrap, seed=bootstrap_seed)
+            per_seed.append({"seed": seed, **_difference_row(key, name, result, experiment.name, baseline.name)})
+    summary = captions.per_class_verdict_caption(
+        [(r["name"].split(": ", 1)[-1], r["verdict"]) for r in rows[1:]], rows[0]["name"].lower().startswith("mean dice")
+    )
+    return {"seeds": seeds, "rows": rows, "per_seed": per_seed, "n_images": len(data.image_ids), "note": "",
+            "headline_caption": rows[0]["caption"], "per_class_caption": summary}
+
+
+def lesion_sensitivity(true_counts: np.ndarray, found_counts: np.ndarray) -> float:
+    """Lesion sensitivity of one type over a set of images: found with the right type / annotated
+    (the evaluation's per_class sensitivity, pooled over the resampled images)."""
+    total = float(np.sum(true_counts))
+    return float(np.sum(found_counts)) / total if total > 0 else math.nan
+
+
+def _comparison_statistics(experiment: Experiment) -> list[tuple[str, str, Callable, str, str]]:
+    """(key, name, statistic, truth column, output column) compared against the baseline."""
+    names = experiment.class_names
+    if experiment.task == "classification":
+        return [("balanced_accuracy", "Balanced accuracy", balanced_accuracy, "label", "pred")] + [
+            (f"sensitivity_{c}", f"Sensitivity: {names[c]}", class_sensitivity(c), "label", "pred")
+            for c in experiment.classes
+        ]
+    first = f"true_{experiment.classes[0]}"
+    return [("mean_dice", "Mean Dice", nanmean_statistic, first, "dice")] + [
+        (f"sensitivity_{c}", f"Lesion sensitivity: {names[c]}", lesion_sensitivity, f"true_{c}", f"found_{c}")
+        for c in experiment.classes
+    ]
+
+
+def _difference_row(key: str, name: str, result: Mapping[str, Any], experiment: str, baseline: str) -> dict[str, Any]:
+    noise = captions.within_noise(result)
+    diff = result["difference"]
+    verdict = "n/a" if noise is None else ("within noise" if noise else ("better" if diff > 0 else "worse"))
+    ci = result.get("ci95") or [math.nan, math.nan]
+    shown = captions.is_number(diff) and all(captions.is_number(v) for v in ci)
+    points = lambda v: captions.signed_points(v).replace(" points", "")  # noqa: E731
+    return {
+        "key": key,
+        "name": name,
+        "difference": diff,
+        "ci95": ci,
+        "p_value": result.get("p_value"),
+        "p_holm": None,
+        "n": result.get("n"),
+        "verdict": verdict,
+        "text": f"{points(diff)} ({points(ci[0])} to {points(ci[1])})" if shown else "n/a",
+        "p_text": _p_text(result.get("p_value")),
+        "p_holm_text": "",
+        "caption": captions.difference_caption(name, experiment, baseline, result),
+    }
+
+
+def _p_text(p: Any) -> str:
+    return f"{p:.3f}" if captions.is_number(p) else "n/a"
+
+
+def _holm_adjust(rows: list[dict[str, Any]]) -> None:
+    """Holm-adjusted p-values over the per-class rows (statsmodels): with one test per class, some
+    interval excludes 0 by chance alone, and the adjusted p says how much a single 'win' is worth."""
+    indices = [i for i, r in enumerate(rows) if captions.is_number(r["p_value"])]
+    if len(indices) < 2:
+        return
+    _, adjusted, _, _ = multipletests([rows[i]["p_value"] for i in indices], alpha=0.05, method="holm")
+    for i, p in zip(indices, adjusted):
+        rows[i]["p_holm"] = float(p)
+        rows[i]["p_holm_text"] = _p_text(float(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+def write_comparison(
+    *,
+    run_dirs: Sequence[Path],
+    out_csv: Path,
+    out_html: Path,
+    baselines: Mapping[str, str] | None = None,
+    baseline: str | None = None,
+    n_bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
+    figures_dir: Path | None = None,
+) -> None:
+    """Compare the runs in ``run_dirs`` (each results/<experiment>/seed<k>/); write the CSV (one
+    row per experiment) and the self-contained HTML report. See the module docstring for the
+    baseline rule and how seeds are handled."""
+    from pipeline.reporting.html import FigureSink
+
+    tasks = load_runs(run_dirs)
+    chosen = resolve_baselines(tasks, baselines, baseline)
+    sink = FigureSink(figures_dir)
+    sections, csv_rows = [], []
+    for task in [t for t in TASKS if t in tasks]:
+        section, rows = _task_section(task, tasks[task], chosen[task], n_bootstrap, bootstrap_seed, sink)
+        sections.append(section)
+        csv_rows.extend(rows)
+    html = render("comparison.html", title="Experiment comparison", sections=sections,
+                  generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                  n_bootstrap=n_bootstrap, run_dirs=[str(p) for p in run_dirs])
+    # Both files are complete before either is replaced, so a failure leaves the old pair intact.
+    csv_text = pd.DataFrame(csv_rows).to_csv(index=False)
+    atomic_write_text(out_csv, csv_text)
+    atomic_write_text(out_html, html)
+
+
+def _task_section(task: str, experiments: Mapping[str, Experiment], baseline: tuple[str, str],
+                  n_bootstrap: int, bootstrap_seed: int, sink: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    base_name, base_reason = baseline
+    first = next(iter(experiments.values()))
+    columns = _metric_columns(task, first.classes, first.class_names)
+    rows, comparisons = [], []
+    for experiment in experiments.values():
+        cells = {}
+        for key, _, getter, _, percent in columns:
+            summary = summarize(experiment, getter)
+            main, detail = _summary_text(summary, percent)
+            cells[key] = {**summary, "text": main, "detail": detail, "best": False}
+        row = {"experiment": experiment.name, "seeds": experiment.seeds, "is_baseline": experiment.name == base_name,
+               "cells": cells}
+        if experiment.name != base_name:
+            comparison = paired_differences(experiment, experiments[base_name], n_bootstrap, bootstrap_seed)
+            comparisons.append({"experiment": experiment.name, **comparison})
+            row["vs_baseline"] = comparison["rows"][0] if comparison["rows"] else None
+        else:
+            row["vs_baseline"] = None
+        rows.append(row)
+    _mark_best(rows, columns)
+    by_name = {c["experiment"]: c for c in comparisons}
+    csv_rows = [_csv_row(task, experiments[row["experiment"]], row, columns, base_name, by_name.get(row["experiment"]))
+                for row in rows]
+    forest = None
+    headline = [(c["experiment"], c["rows"][0]) for c in comparisons if c["rows"]]
+    if headline:
+        forest = sink.add(
+            figures.plot_differences([(name, r["difference"], r["ci95"]) for name, r in headline],
+                                     f"{headline[0][1]['name']} minus {base_name}", None),
+            f"{task}_differences", f"{headline[0][1]['name']}: difference to the baseline",
+            f"Paired bootstrap over test images ({n_bootstrap} resamples), 95% intervals. An interval crossing "
+            f"the dashed line at 0 means the test set cannot tell the experiment from {base_name}.",
+        )
+    section = {
+        "task": task,
+        "id": task,
+        "baseline": base_name,
+        "baseline_reason": base_reason,
+        "columns": [(key, heading) for key, heading, _, _, _ in columns],
+        "rows": rows,
+        "comparisons": comparisons,
+        "forest": forest,
+        "multi_seed": any(len(e.seeds) > 1 for e in experiments.values()),
+    }
+    return section, csv_rows
+
+
+def _csv_row(task: str, experiment: Experiment, row: Mapping[str, Any], columns: Sequence[tuple],
+             baseline: str, comparison: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": task, "experiment": experiment.name, "baseline": baseline,
+                           "is_baseline": experiment.name == baseline,
+                           "seeds": " ".join(map(str, experiment.seeds)), "n_seeds": len(experiment.seeds)}
+    for key, *_ in columns:
+        cell = row["cells"][key]
+        ci = cell["ci95"] or [math.nan, math.nan]
+        out.update({key: cell["mean"], f"{key}_sd": cell["sd"], f"{key}_min": cell["min"], f"{key}_max": cell["max"],
+                    f"{key}_ci_lo": ci[0], f"{key}_ci_hi": ci[1], f"{key}_best": cell.get("best", False)})
+    for diff in (comparison or {}).get("rows", []):
+        key = diff["key"]
+        out.update({f"diff_{key}": diff["difference"], f"diff_{key}_ci_lo": diff["ci95"][0],
+                    f"diff_{key}_ci_hi": diff["ci95"][1], f"diff_{key}_p": diff["p_value"],
+                    f"diff_{key}_verdict": diff["verdict"]})
+    return out

@@ -1,0 +1,700 @@
+"""One self-contained HTML report per experiment run (results/<experiment>/seed<k>/report.html).
+
+The report reads ``metrics.json`` for every figure it states (it never recomputes a metric),
+``predictions.csv`` only to *select* the boundary cases shown in the gallery, and the split
+manifest for the data section. Figures are matplotlib PNGs embedded as ``data:`` URIs and the
+page carries no script, so the file opens offline and a Content-Security-Policy forbids
+anything else. Jinja2 autoescaping is on: labels, file names and config strings are text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from pipeline import __version__
+from pipeline.data import io
+from pipeline.data.manifest import SPLITS, read_manifest, resolve
+from pipeline.errors import DataError
+from pipeline.evaluation.stats import atomic_write_text
+from pipeline.reporting import captions, figures
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+GALLERY_SIZE = 8
+THUMBNAIL_PX = 256
+CLASSIFICATION_KEYS = ("task", "classes", "balanced_accuracy", "per_class", "confusion_matrix")
+SEGMENTATION_KEYS = ("task", "classes", "mean_dice", "per_class")
+# Per-class table columns: metrics.json key -> column heading.
+CLASS_TABLE_COLUMNS = {
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "ppv": "PPV",
+    "npv": "NPV",
+    "f1": "F1",
+    "auc": "AUC",
+}
+PROPORTION_KEYS = {"sensitivity", "specificity", "ppv", "npv", "f1"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering helpers
+# ---------------------------------------------------------------------------------------------
+def environment() -> jinja2.Environment:
+    """Jinja2 environment with autoescaping on for every template (labels are untrusted text)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(**context)
+
+
+@dataclass
+class FigureSink:
+    """Turns matplotlib figures into template entries; also writes each PNG to ``figures_dir``
+    when one is given (for Snakemake's ``report()``)."""
+
+    figures_dir: Path | None = None
+    written: list[Path] = field(default_factory=list)
+
+    def add(self, fig: Any, name: str, title: str, caption: str) -> dict[str, str]:
+        png = figures.png_bytes(fig)
+        if self.figures_dir is not None:
+            path = Path(self.figures_dir) / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(png)
+            tmp.replace(path)
+            self.written.append(path)
+        return {"id": name, "title": title, "uri": figures.data_uri(png), "caption": caption}
+
+
+def cell(estimate: Any, *, percent: bool = True, digits: int = 1) -> dict[str, Any]:
+    """A table cell: the value, its 95% CI, both together (``text``) and the raw value (kept in a
+    data attribute so that tests and scripts can read the exact stored number)."""
+    value = estimate.get("value") if isinstance(estimate, Mapping) else estimate
+    ci = estimate.get("ci95") if isinstance(estimate, Mapping) else None
+    if not captions.is_number(value):
+        return {"text": "n/a", "main": "n/a", "ci": "", "value": ""}
+    main = captions.pct(value, digits) if percent else f"{value:.3f}"
+    has_ci = bool(ci) and all(captions.is_number(v) for v in ci)
+    interval = captions.ci_text(ci, percent=percent, digits=digits if percent else 3) if has_ci else ""
+    return {
+        "text": f"{main} ({interval})" if has_ci else main,
+        "main": main,
+        "ci": interval.replace("95% CI ", "") if has_ci else "",
+        "value": repr(float(value)),
+    }
+
+
+def scalar(entry: Any) -> float | None:
+    """A stored figure as a float: plain numbers and {'value': x} both occur; None when missing."""
+    if isinstance(entry, Mapping):
+        entry = entry.get("value")
+    return float(entry) if captions.is_number(entry) else None
+
+
+def sha256_of(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def load_metrics(path: Path) -> dict[str, Any]:
+    """metrics.json, checked for the keys its task's report needs."""
+    if not path.is_file():
+        raise DataError(f"{path}: metrics file not found; run `pipeline evaluate` first")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    task = metrics.get("task") if isinstance(metrics, dict) else None
+    required = {"classification": CLASSIFICATION_KEYS, "segmentation": SEGMENTATION_KEYS}.get(task)
+    if required is None:
+        raise DataError(f"{path}: 'task' must be 'classification' or 'segmentation', got {task!r}")
+    missing = [key for key in required if key not in metrics]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {missing} needed by the {task} report")
+    return metrics
+
+
+def read_predictions(path: Path, classes: Sequence[str]) -> pd.DataFrame:
+    """predictions.csv of a classification run, checked against the class list."""
+    if not path.is_file():
+        raise DataError(f"{path}: predictions file not found; run `pipeline predict` first")
+    frame = pd.read_csv(path, dtype={"image_id": str, "label": str, "pred": str}, keep_default_na=False)
+    needed = ["image_id", "label", "pred"] + [f"prob_{c}" for c in classes]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected {needed}")
+    for column in ("label", "pred"):
+        unknown = sorted(set(frame[column]) - set(classes))
+        if unknown:
+            raise DataError(f"{path}: column {column!r} holds unknown class(es) {unknown[:5]}; classes are {list(classes)}")
+    return frame
+
+
+def class_names_from_config(dataset: Mapping[str, Any]) -> dict[str, str]:
+    """code -> clinician name from the resolved dataset config (classes as a mapping, or a list
+    plus a class_names mapping)."""
+    classes = dataset.get("classes") or {}
+    if isinstance(classes, Mapping):
+        return {str(k): str(v) for k, v in classes.items()}
+    names = dataset.get("class_names") or {}
+    return {str(c): str(names.get(c, c)) for c in classes}
+
+
+def display_labels(metrics: Mapping[str, Any], dataset: Mapping[str, Any], source: Path) -> dict[str, str]:
+    """Ordered code -> 'Melanoma (MEL)', in metrics.json's class order, checked against the config."""
+    codes = [str(c) for c in metrics["classes"]]
+    configured = class_names_from_config(dataset)
+    if configured and list(configured) != codes:
+        raise DataError(
+            f"{source}: classes {codes} differ from the config's class list {list(configured)} "
+            f"(same codes in the same order are required)"
+        )
+    stored = metrics.get("class_names")
+    stored = dict(zip(codes, stored)) if isinstance(stored, list) else dict(stored or {})
+    return {c: captions.display_name(c, configured.get(c) or stored.get(c)) for c in codes}
+
+
+def read_thumbnail(path: Path, max_px: int = 256) -> np.ndarray | None:
+    """An image shrunk to a thumbnail (RGB uint8); None when unreadable, so that one moved file
+    greys out a gallery tile (and is listed in a visible warning) instead of losing the report."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((max_px, max_px))
+            return np.asarray(image)
+    except (FileNotFoundError, UnidentifiedImageError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data section
+# ---------------------------------------------------------------------------------------------
+def data_section(
+    config: Mapping[str, Any],
+    task: str,
+    labels: Mapping[str, str],
+    sink: FigureSink,
+    lesion_counts: Mapping[str, int] | None = None,
+    label_origin: str | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Class counts per split, imbalance, grouping, source and label origin, from the manifest.
+
+    Segmentation manifests carry no per-type counts, so the lesion counts shown are the annotated
+    test lesions per type, as counted by the evaluation (``per_class.support``)."""
+    dataset = config["dataset"]
+    manifest_file = Path(dataset["manifest"])
+    manifest = read_manifest(manifest_file)
+    grouping = dataset.get("grouping") or dataset.get("split_grouping")
+    splits = [s for s in SPLITS if (manifest["split"] == s).any()]
+    origins = _value_counts(manifest, "label_origin")
+    if not origins:
+        recorded = label_origin or dataset.get("label_origin")
+        origins = {o.strip(): None for o in str(recorded).split(",")} if recorded else {}
+    section: dict[str, Any] = {
+        "dataset": str(dataset.get("name", "")),
+        "adapter": str(dataset.get("adapter", "")),
+        "root": str(dataset.get("root", "")),
+        "manifest": str(manifest_file),
+        "grouping": grouping or "not recorded",
+        "splits": splits,
+        "images_per_split": {s: int((manifest["split"] == s).sum()) for s in splits},
+        "groups_per_split": {s: int(manifest.loc[manifest["split"] == s, "group_id"].nunique()) for s in splits},
+        "sources": _value_counts(manifest, "source"),
+        "label_origins": origins,
+        "label_warning": next((w for w in map(captions.box_label_warning, origins) if w), None),
+        "count_header": splits,
+        "count_rows": [],
+        "imbalance_ratio": "n/a",
+        "figure": None,
+    }
+    if task == "classification":
+        table = {s: manifest.loc[manifest["split"] == s, "label"].value_counts() for s in splits}
+        table = {s: {c: int(table[s].get(c, 0)) for c in labels} for s in splits}
+        section["count_rows"] = [
+            {"label": labels[c], "counts": [table[s][c] for s in splits], "total": sum(table[s][c] for s in splits)}
+            for c in labels
+        ]
+        train = table.get("train", {})
+        section["imbalance_ratio"] = _ratio(train, "training images")
+        caption = section["caption"] = captions.data_caption(train, labels, grouping)
+        section["figure"] = sink.add(figures.plot_class_counts(table, labels), "class_counts",
+                                     "Images per class and split", caption)
+    else:
+        counts = dict(lesion_counts or {})
+        section["count_header"] = ["annotated test lesions"]
+        section["count_rows"] = [{"label": labels[c], "counts": [counts.get(c, 0)], "total": counts.get(c, 0)} for c in labels]
+        section["imbalance_ratio"] = _ratio(counts, "annotated test lesions")
+        section["caption"] = captions.segmentation_data_caption(section["images_per_split"], counts, labels, grouping)
+    return section, manifest
+
+
+def _ratio(counts: Mapping[str, int], unit: str) -> str:
+    """Largest over smallest non-empty class, e.g. '58.3 : 1 (training images)'."""
+    positive = [n for n in counts.values() if n > 0]
+    if not positive:
+        return "n/a"
+    return f"{max(positive) / min(positive):.1f} : 1 ({unit})"
+
+
+def _value_counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
+    if column not in frame.columns:
+        return {}
+    values = frame[column].astype(str).replace("", "unrecorded")
+    return {str(k): int(v) for k, v in values.value_counts().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification sections
+# ---------------------------------------------------------------------------------------------
+def _confused_with(entry: Any, labels: Mapping[str, str], top: int = 2) -> str:
+    """most_confused_with is a list of {'class', 'count'} (most frequent first); a bare code is
+    accepted too."""
+    if isinstance(entry, Mapping):
+        entry = [entry]
+    if isinstance(entry, list):
+        parts = [
+            f"{labels.get(str(e.get('class')), str(e.get('class')))} ({e.get('count')})"
+            for e in entry[:top] if isinstance(e, Mapping) and e.get("class") is not None
+        ]
+        return "; ".join(parts) or "\u2013"
+    if entry in (None, ""):
+        return "\u2013"
+    return labels.get(str(entry), str(entry))
+
+
+def class_table(metrics: Mapping[str, Any], labels: Mapping[str, str], highlight: str | None) -> list[dict[str, Any]]:
+    """One row per class with each stored figure and its CI, plus the class's caption."""
+    matrix = metrics["confusion_matrix"]
+    order = [str(c) for c in matrix["labels"]]
+    counts = matrix["counts"]
+    row_labels = [labels.get(c, c) for c in order]
+    rows = []
+    for code, label in labels.items():
+        stats = metrics["per_class"].get(code)
+        if stats is None:
+            raise DataError(f"metrics.json: per_class has no entry for class {code!r}")
+        index = order.index(code)
+        support = int(scalar(stats.get("support")) or 0)
+        rows.append({
+            "code": code,
+            "label": label,
+            "highlight": code == highlight,
+            "support": support,
+            "cells": {key: cell(stats.get(key), percent=key in PROPORTION_KEYS) for key in CLASS_TABLE_COLUMNS},
+            "sens_at_95_spec": cell(stats.get("sens_at_95_spec")),
+            "spec_at_95_sens": cell(stats.get("spec_at_95_sens")),
+            "most_confused_with": _confused_with(stats.get("most_confused_with"), labels),
+            "caption": captions.class_detection_caption(
+                label, support, stats.get("sensitivity") or {}, counts[index], row_labels, index
+            ),
+        })
+    return rows
+
+
+def headline(metrics: Mapping[str, Any], n_images: int) -> list[dict[str, Any]]:
+    calibration = metrics.get("calibration") or {}
+    cards = [
+        {"name": "Balanced accuracy", "key": "balanced_accuracy", **cell(metrics["balanced_accuracy"])},
+        {"name": "Accuracy", "key": "accuracy", **cell(metrics.get("accuracy"))},
+        {"name": "Macro AUC", "key": "macro_auc", **cell(metrics.get("macro_auc"), percent=False)},
+        {"name": "ECE", "key": "ece", **cell(calibration.get("ece"), percent=False)},
+        {"name": "Test images", "key": "n_images", "text": captions.count(n_images), "value": str(n_images)},
+    ]
+    return cards
+
+
+def boundary_cases(predictions: pd.DataFrame, classes: Sequence[str], n: int = GALLERY_SIZE) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The most confidently wrong images and those nearest a tie between their top two classes.
+
+    Selection only (no metric): confidence is the stored probability of the stored prediction;
+    the margin is the gap between the two largest class probabilities.
+    """
+    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    index = {c: i for i, c in enumerate(classes)}
+    table = predictions[["image_id", "label", "pred"]].copy()
+    table["confidence"] = probs[np.arange(len(probs)), predictions["pred"].map(index).to_numpy()]
+    table["p_true"] = probs[np.arange(len(probs)), predictions["label"].map(index).to_numpy()]
+    top_two = np.sort(probs, axis=1)[:, ::-1][:, :2] if probs.shape[1] > 1 else np.column_stack([probs[:, 0], probs[:, 0]])
+    table["margin"] = top_two[:, 0] - top_two[:, 1]
+    wrong = table[table["label"] != table["pred"]]
+    return (
+        wrong.sort_values(["confidence", "image_id"], ascending=[False, True]).head(n),
+        table.sort_values(["margin", "image_id"]).head(n),
+        len(wrong),
+    )
+
+
+def gallery(
+    selected: pd.DataFrame,
+    predictions: pd.DataFrame,
+    manifest: pd.DataFrame,
+    root: Path,
+    labels: Mapping[str, str],
+    missing: list[str],
+) -> tuple[list[figures.Case], list[dict[str, Any]]]:
+    """Cases for the gallery figure and rows for the table under it (thumbnails from root/image_path)."""
+    paths = dict(zip(manifest["image_id"], manifest["image_path"]))
+    by_id = predictions.set_index("image_id")
+    cases, rows = [], []
+    for record in selected.itertuples(index=False):
+        image = None
+        if record.image_id in paths:
+            path = resolve(paths[record.image_id], root)
+            image = read_thumbnail(path, THUMBNAIL_PX)
+            if image is None:
+                missing.append(str(path))
+        else:
+            missing.append(f"{record.image_id} (not in the manifest)")
+        probabilities = {c: float(by_id.at[record.image_id, f"prob_{c}"]) for c in labels}
+        cases.append(figures.Case(record.image_id, image, labels[record.label], labels[record.pred], probabilities,
+                                  true_key=record.label, pred_key=record.pred))
+        rows.append({
+            "image_id": record.image_id,
+            "true": labels[record.label],
+            "pred": labels[record.pred],
+            "confidence": f"{record.confidence:.2f}",
+            "p_true": f"{record.p_true:.2f}",
+            "margin": f"{record.margin:.2f}",
+        })
+    return cases, rows
+
+
+def classification_sections(
+    metrics: Mapping[str, Any],
+    predictions: pd.DataFrame,
+    manifest: pd.DataFrame,
+    config: Mapping[str, Any],
+    labels: Mapping[str, str],
+    sink: FigureSink,
+) -> dict[str, Any]:
+    codes = list(labels)
+    highlight = (config.get("report") or {}).get("highlight_class") or ("MEL" if "MEL" in labels else None)
+    matrix = metrics["confusion_matrix"]
+    matrix_labels = [labels.get(str(c), str(c)) for c in matrix["labels"]]
+    counts = matrix["counts"]
+    n_images = int(sum(sum(row) for row in counts))
+    section: dict[str, Any] = {
+        "headline": headline(metrics, n_images),
+        "headline_caption": captions.headline_caption("Balanced accuracy", metrics["balanced_accuracy"], n_images, len(codes)),
+        "columns": CLASS_TABLE_COLUMNS,
+        "rows": class_table(metrics, labels, highlight),
+        "highlight": labels.get(highlight) if highlight else None,
+        "confusion": [
+            sink.add(figures.plot_confusion_matrix(counts, matrix_labels, None, normalize=False),
+                     "confusion_matrix_counts", "Confusion matrix (counts)",
+                     captions.confusion_caption(counts, matrix_labels, normalized=False)),
+            sink.add(figures.plot_confusion_matrix(counts, matrix_labels, None, normalize=True),
+                     "confusion_matrix_normalized", "Confusion matrix (row-normalised)",
+                     captions.confusion_caption(counts, matrix_labels, normalized=True)),
+        ],
+    }
+    section["roc"], section["operating_points"] = _roc(metrics, labels, highlight, sink)
+    calibration = metrics.get("calibration") or {}
+    ece = scalar(calibration.get("ece"))
+    section["calibration"] = None
+    if ece is not None and calibration.get("bins"):
+        section["calibration"] = sink.add(
+            figures.plot_reliability_diagram(calibration["bins"], ece), "reliability_diagram",
+            "Reliability diagram", captions.calibration_caption(ece, calibration["bins"]),
+        )
+    section["galleries"], section["missing_images"] = _galleries(predictions, manifest, config, labels, sink)
+    return section
+
+
+def _roc(
+    metrics: Mapping[str, Any], labels: Mapping[str, str], highlight: str | None, sink: FigureSink
+) -> tuple[dict[str, str] | None, list[dict[str, Any]]]:
+    """The ROC grid (None when no class has a curve) and one operating-point caption per class."""
+    per_class = metrics["per_class"]
+    points = [
+        {
+            "label": labels[c],
+            "highlight": c == highlight,
+            "text": captions.operating_point_caption(
+                labels[c], per_class[c].get("auc") or {}, _as_estimate(per_class[c].get("sens_at_95_spec")),
+                _as_estimate(per_class[c].get("spec_at_95_sens")),
+            ),
+        }
+        for c in labels
+    ]
+    points.sort(key=lambda p: not p["highlight"])
+    roc = metrics.get("roc") or {}
+    if not any(roc.get(c) for c in labels):
+        return None, points
+    aucs = {labels[c]: scalar(per_class[c].get("auc")) for c in labels if scalar(per_class[c].get("auc")) is not None}
+    best = max(aucs.items(), key=lambda kv: kv[1]) if aucs else None
+    worst = min(aucs.items(), key=lambda kv: kv[1]) if aucs else None
+    figure = sink.add(
+        figures.plot_roc_curves(roc, per_class, labels, None, highlight=highlight), "roc_curves",
+        "ROC curves (one class vs the rest)", captions.roc_caption(sum(1 for c in labels if roc.get(c)), best, worst),
+    )
+    return figure, points
+
+
+def _as_estimate(entry: Any) -> dict[str, Any] | None:
+    if isinstance(entry, Mapping):
+        return dict(entry)
+    return {"value": entry} if captions.is_number(entry) else None
+
+
+def _galleries(
+    predictions: pd.DataFrame, manifest: pd.DataFrame, config: Mapping[str, Any], labels: Mapping[str, str],
+    sink: FigureSink,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Both boundary-case galleries, and the test images that could not be read."""
+    root = Path(config["dataset"].get("root", "."))
+    wrong, ties, n_wrong = boundary_cases(predictions, list(labels))
+    missing: list[str] = []
+    result = []
+    for kind, selected, n_candidates, title in (
+        ("wrong", wrong, n_wrong, "Most confidently wrong"),
+        ("tie", ties, len(predictions), "Nearest to a tie"),
+    ):
+        cases, rows = gallery(selected, predictions, manifest, root, labels, missing)
+        caption = captions.gallery_caption(kind, len(cases), n_candidates)
+        entry = {"id": f"gallery_{kind}", "title": title, "caption": caption, "rows": rows, "figure": None}
+        if cases:
+            entry["figure"] = sink.add(figures.plot_case_gallery(cases), f"gallery_{kind}", title, caption)
+        result.append(entry)
+    return result, sorted(set(missing))
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmentation sections
+# ---------------------------------------------------------------------------------------------
+# Per-type table columns: metrics.json key -> (heading, shown as a percentage).
+SEGMENTATION_TABLE_COLUMNS = {
+    "dice": ("Dice", False),
+    "iou": ("IoU", False),
+    "sensitivity": ("Lesion sensitivity (right type)", True),
+    "ppv": ("Lesion PPV (right type)", True),
+    "f1": ("Lesion F1", True),
+    "detected_any_type": ("Found as any type", True),
+}
+
+
+def segmentation_sections(
+    metrics: Mapping[str, Any],
+    predictions: pd.DataFrame,
+    run_dir: Path,
+    manifest: pd.DataFrame,
+    config: Mapping[str, Any],
+    labels: Mapping[str, str],
+    sink: FigureSink,
+) -> dict[str, Any]:
+    """Per-type Dice/IoU and lesion detection, the lesion-type confusion matrix and overlays."""
+    matrix = metrics.get("confusion_matrix") or {}
+    rows = []
+    for code, label in labels.items():
+        stats = metrics["per_class"].get(code)
+        if stats is None:
+            raise DataError(f"metrics.json: per_class has no entry for lesion type {code!r}")
+        rows.append({
+            "code": code,
+            "label": label,
+            "support": int(scalar(stats.get("support")) or 0),
+            "predicted": int(scalar(stats.get("predicted")) or 0),
+            "cells": {key: cell(stats.get(key), percent=percent) for key, (_, percent) in SEGMENTATION_TABLE_COLUMNS.items()},
+            "caption": _lesion_caption(code, labels, stats, matrix),
+        })
+    detection = metrics.get("lesion_detection") or {}
+    count_error = metrics.get("lesion_count_error") or {}
+    n_images = int(scalar(metrics.get("n_images")) or len(predictions))
+    section: dict[str, Any] = {
+        "headline": [
+            {"name": "Mean Dice", "key": "mean_dice", **cell(metrics["mean_dice"], percent=False)},
+            {"name": "Mean IoU", "key": "mean_iou", **cell(metrics.get("mean_iou"), percent=False)},
+            {"name": "Lesions found (any type)", "key": "lesion_sensitivity", **cell(detection.get("sensitivity"))},
+            {"name": "Predicted lesions that are real", "key": "lesion_ppv", **cell(detection.get("ppv"))},
+            {"name": "Lesion count error per image (MAE)", "key": "count_mae", **cell(count_error.get("mae"), percent=False)},
+            {"name": "Test images", "key": "n_images", "text": captions.count(n_images), "value": str(n_images)},
+        ],
+        "headline_caption": captions.segmentation_headline_caption(
+            metrics["mean_dice"], detection.get("sensitivity"), detection.get("ppv"), n_images
+        ),
+        "columns": {key: heading for key, (heading, _) in SEGMENTATION_TABLE_COLUMNS.items()},
+        "rows": rows,
+        "iou_threshold": metrics.get("iou_threshold", "n/a"),
+        "matching_rule": metrics.get("matching_rule", ""),
+        "dice_rule": metrics.get("dice_rule", ""),
+        "confusion": None,
+    }
+    if matrix.get("counts"):
+        row_labels = [labels.get(str(c), str(c)) for c in matrix.get("row_labels", matrix.get("labels", []))]
+        col_labels = [labels.get(str(c), str(c)) for c in matrix.get("col_labels", matrix.get("labels", []))]
+        section["confusion"] = sink.add(
+            figures.plot_confusion_matrix(matrix["counts"], row_labels, None, normalize=False, col_labels=col_labels,
+                                          xlabel="Model's lesion type", ylabel="Annotated lesion type"),
+            "lesion_confusion_matrix", "Lesion-type confusion matrix",
+            captions.lesion_confusion_caption(matrix["counts"], row_labels, col_labels),
+        )
+    section["overlays"] = _overlays(predictions, run_dir, manifest, config, labels, sink)
+    return section
+
+
+def _lesion_caption(code: str, labels: Mapping[str, str], stats: Mapping[str, Any], matrix: Mapping[str, Any]) -> str:
+    """Caption of one lesion type's row of the lesion confusion matrix."""
+    row_codes = [str(c) for c in matrix.get("row_labels", [])]
+    col_codes = [str(c) for c in matrix.get("col_labels", [])]
+    n_found, n_missed, called_as = 0, 0, []
+    if matrix.get("counts") and code in row_codes:
+        row = matrix["counts"][row_codes.index(code)]
+        for column, n in zip(col_codes, row):
+            if column == code:
+                n_found = int(n)
+            elif column in labels:
+                called_as.append((labels[column], int(n)))
+            else:  # the 'missed' column
+                n_missed += int(n)
+    return captions.lesion_type_caption(
+        labels[code], int(scalar(stats.get("support")) or 0), n_found, stats.get("sensitivity"), called_as, n_missed,
+        int(scalar(stats.get("predicted")) or 0), stats.get("ppv"),
+    )
+
+
+def _overlays(predictions: pd.DataFrame, run_dir: Path, manifest: pd.DataFrame, config: Mapping[str, Any],
+              labels: Mapping[str, str], sink: FigureSink) -> dict[str, str] | None:
+    """Best, median and worst test images by the evaluation's per-image Dice (per_image.csv)."""
+    per_image_path = run_dir / "per_image.csv"
+    if not per_image_path.is_file():
+        raise DataError(f"{per_image_path}: per-image table not found; run `pipeline evaluate` first")
+    table = pd.read_csv(per_image_path, dtype={"image_id": str})
+    if "dice" not in table.columns:
+        raise DataError(f"{per_image_path}: no 'dice' column")
+    table = table.dropna(subset=["dice"]).sort_values(["dice", "image_id"], ascending=[False, True])
+    if table.empty:
+        return None
+    dataset = config["dataset"]
+    root = Path(dataset.get("root", "."))
+    mask_root = Path(dataset.get("mask_root") or root)
+    images = dict(zip(manifest["image_id"], manifest["image_path"]))
+    true_masks = dict(zip(manifest["image_id"], manifest.get("mask_path", pd.Series(dtype=str))))
+    pred_masks = dict(zip(predictions["image_id"], predictions["pred_mask_path"])) if "pred_mask_path" in predictions else {}
+    picks = [("best", table.iloc[0]), ("median", table.iloc[len(table) // 2]), ("worst", table.iloc[-1])]
+    cases, texts = [], []
+    for which, pick in picks:
+        image_id = str(pick["image_id"])
+        if image_id not in images:
+            raise DataError(f"{per_image_path}: image {image_id!r} is not in the manifest {dataset['manifest']}")
+        image = io.read_rgb(resolve(images[image_id], root))
+        true_mask = io.read_label_map(resolve(true_masks[image_id], mask_root))
+        pred_mask = io.read_label_map(run_dir / pred_masks.get(image_id, f"masks/{image_id}.png"))
+        dice = float(pick["dice"])
+        cases.append(figures.OverlayCase(f"{which.capitalize()}: {image_id} (Dice {dice:.2f})", image, true_mask, pred_mask))
+        texts.append(captions.overlay_caption(which, image_id, dice))
+    caption = " ".join(texts) + " Left: image; middle: annotation (solid outlines); right: model (dashed outlines)."
+    return sink.add(figures.plot_segmentation_overlays(cases, list(labels.values())), "overlays",
+                    "Best, median and worst test images by Dice", caption)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance and entry point
+# ---------------------------------------------------------------------------------------------
+def provenance(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    checkpoint = run_dir / "checkpoints" / "best.pt"
+    manifest = Path(config["dataset"]["manifest"])
+    plain = json.loads(json.dumps(config, default=str))  # Paths and the like as strings
+    return {
+        "experiment": str(config.get("experiment", "")),
+        "seed": str(config.get("seed", "")),
+        "code_version": str(config.get("code_version") or "not recorded"),
+        "pipeline_version": __version__,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_of(checkpoint) or "not found",
+        "manifest": str(manifest),
+        "manifest_sha256": sha256_of(manifest) or "not found",
+        "metrics_sha256": sha256_of(run_dir / "metrics.json") or "not found",
+        "predictions_sha256": sha256_of(run_dir / "predictions.csv") or "not found",
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "config_yaml": yaml.safe_dump(plain, sort_keys=False, allow_unicode=True),
+    }
+
+
+def write_experiment_report(
+    *,
+    run_dir: Path,
+    config: dict,
+    out_path: Path,
+    figures_dir: Path | None = None,
+) -> Path:
+    """Write the self-contained HTML report of one run; returns ``out_path``.
+
+    ``run_dir`` holds metrics.json and predictions.csv (segmentation also masks/, lesions.csv,
+    per_image.csv). ``config`` is the resolved experiment config. When ``figures_dir`` is given,
+    every figure is also written there as a PNG (for Snakemake's ``report()``).
+    """
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    metrics = load_metrics(metrics_path)
+    task = metrics["task"]
+    if config.get("task") and config["task"] != task:
+        raise DataError(f"{metrics_path}: task {task!r} but the config's task is {config['task']!r}")
+    labels = display_labels(metrics, config["dataset"], metrics_path)
+    sink = FigureSink(figures_dir)
+    context: dict[str, Any] = {
+        "title": f"{config.get('experiment', metrics.get('experiment', ''))} (seed {config.get('seed', metrics.get('seed', ''))})",
+        "experiment": str(config.get("experiment", metrics.get("experiment", ""))),
+        "seed": str(config.get("seed", metrics.get("seed", ""))),
+        "task": task,
+        "model": _component(config.get("model")),
+        "loss": _component(config.get("loss")),
+        "sampler": _component(config.get("sampler")),
+    }
+    if task == "classification":
+        predictions = read_predictions(run_dir / "predictions.csv", list(labels))
+        context["data"], manifest = data_section(config, task, labels, sink)
+        context["classification"] = classification_sections(metrics, predictions, manifest, config, labels, sink)
+        context["segmentation"] = None
+    else:
+        predictions = _read_table(run_dir / "predictions.csv", ["image_id"])
+        lesion_counts = {c: int(scalar(metrics["per_class"].get(c, {}).get("support")) or 0) for c in labels}
+        context["data"], manifest = data_section(config, task, labels, sink, lesion_counts, metrics.get("label_origin"))
+        context["segmentation"] = segmentation_sections(metrics, predictions, run_dir, manifest, config, labels, sink)
+        context["classification"] = None
+    context["provenance"] = provenance(run_dir, config)
+    html = render("experiment.html", **context)
+    atomic_write_text(out_path, html)
+    return Path(out_path)
+
+
+def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `pipeline predict` first")
+    frame = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}")
+    return frame
+
+
+def _component(entry: Any) -> str:
+    """'focal (gamma=2.0, alpha=inverse)' from a {name, ...params} block."""
+    if not isinstance(entry, Mapping):
+        return str(entry or "")
+    params = ", ".join(f"{k}={v}" for k, v in entry.items() if k != "name" and v not in (None, {}, []))
+    return f"{entry.get('name', '')}" + (f" ({params})" if params else "")
+

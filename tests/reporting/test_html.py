@@ -1,0 +1,265 @@
+"""The per-experiment report: its figures are metrics.json's, they agree with an independent
+recomputation from predictions.csv, labels are escaped, and bad input fails loudly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
+
+from pipeline.errors import DataError
+from pipeline.reporting.html import write_experiment_report
+
+from .conftest import make_classification_run, make_segmentation_run
+
+
+class ReportParser(HTMLParser):
+    """Collects data-metric/data-value cells (keyed by the enclosing row's data-class), caption
+    list items by data-class, section ids, table rows by table id, and image sources."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[tuple[str | None, str], str] = {}
+        self.captions: dict[str, str] = {}
+        self.ids: set[str] = set()
+        self.images: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._row_class: str | None = None
+        self._li_class: str | None = None
+        self._text: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "table":
+            self._table = attrs.get("id")
+            if self._table:
+                self.tables[self._table] = []
+        if tag == "tr":
+            self._row_class = attrs.get("data-class")
+            if self._table:
+                self.tables[self._table].append([])
+        if tag == "td" and self._table:
+            self._cell = []
+        if "data-metric" in attrs and "data-value" in attrs:
+            self.values[(self._row_class, attrs["data-metric"])] = attrs["data-value"]
+        if tag == "li" and "data-class" in attrs:
+            self._li_class, self._text = attrs["data-class"], []
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+    def handle_endtag(self, tag):
+        if tag == "li" and self._li_class:
+            self.captions[self._li_class] = "".join(self._text).strip()
+            self._li_class = None
+        if tag == "td" and self._cell is not None and self._table:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        if tag == "tr":
+            self._row_class = None
+        if tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._li_class:
+            self._text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(path: Path) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def as_float(text: str) -> float:
+    return float(text) if text else float("nan")
+
+
+def same(shown: str, stored: float | None) -> bool:
+    """The report's raw value is exactly the stored one (null/NaN shown as empty)."""
+    return (shown == "") if stored is None or stored != stored else float(shown) == stored
+
+
+# ----------------------------------------------------------------------------- classification
+def test_every_figure_is_the_one_in_metrics_json(classification_report):
+    run_dir, _, out = classification_report
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    report = parse(out)
+    assert same(report.values[(None, "balanced_accuracy")], metrics["balanced_accuracy"]["value"])
+    assert same(report.values[(None, "macro_auc")], metrics["macro_auc"]["value"])
+    assert same(report.values[(None, "ece")], metrics["calibration"]["ece"])
+    for code, stats in metrics["per_class"].items():
+        assert int(report.values[(code, "support")]) == stats["support"]
+        for key in ("sensitivity", "specificity", "ppv", "npv", "f1", "auc", "sens_at_95_spec", "spec_at_95_sens"):
+            assert same(report.values[(code, key)], stats[key]["value"]), (code, key)
+
+
+def test_report_agrees_with_a_recomputation_from_predictions(classification_report):
+    run_dir, config, out = classification_report
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    report = parse(out)
+    y, pred = predictions["label"], predictions["pred"]
+    assert as_float(report.values[(None, "balanced_accuracy")]) == pytest.approx(balanced_accuracy_score(y, pred), abs=1e-12)
+    assert int(report.values[(None, "n_images")]) == len(predictions)
+    for code in config["dataset"]["classes"]:
+        positive = y == code
+        assert int(report.values[(code, "support")]) == positive.sum()
+        assert as_float(report.values[(code, "sensitivity")]) == pytest.approx(recall_score(positive, pred == code), abs=1e-12)
+        assert as_float(report.values[(code, "specificity")]) == pytest.approx(recall_score(~positive, pred != code), abs=1e-12)
+        # the evaluation computes AUC with torchmetrics in float32: agreement to ~1e-8, not bit for bit
+        assert as_float(report.values[(code, "auc")]) == pytest.approx(roc_auc_score(positive, predictions[f"prob_{code}"]), abs=1e-6)
+
+
+def test_class_captions_match_the_predictions(classification_report):
+    run_dir, config, out = classification_report
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    report = parse(out)
+    names = config["dataset"]["class_names"]
+    table = pd.crosstab(predictions["label"], predictions["pred"])
+    for code in config["dataset"]["classes"]:
+        caption = report.captions[code]
+        support = int((predictions["label"] == code).sum())
+        found = int(table.at[code, code]) if code in table.columns else 0
+        assert caption.startswith(f"Of {support} {names[code]} ({code}) images, {found} were recognised")
+        errors = table.loc[code].drop(code, errors="ignore")
+        if errors.max() > 0:  # the first confusion named is the most frequent one, with its count
+            match = re.search(r"; (\d+) (?:was|were) called .+? \((\w+)\)", caption)
+            assert match, caption
+            assert int(match.group(1)) == errors.max() == errors[match.group(2)], caption
+
+
+def test_data_section_counts_come_from_the_manifest(classification_report):
+    _, config, out = classification_report
+    manifest = pd.read_csv(config["dataset"]["manifest"])
+    expected = pd.crosstab(manifest["label"], manifest["split"])
+    rows = parse(out).tables["class-counts"]
+    names = config["dataset"]["class_names"]
+    for row in rows[1:]:  # the header row has no td cells
+        code = next(c for c in names if row[0] == f"{names[c]} ({c})")
+        assert [int(v) for v in row[1:4]] == [expected.at[code, s] for s in ("train", "val", "test")]
+        assert int(row[4]) == expected.loc[code].sum()
+    text = out.read_text()
+    train = manifest[manifest["split"] == "train"]["label"].value_counts()
+    assert f"{train.max() / train.min():.1f} : 1 (training images)" in text
+    assert "Split grouped by</dt><dd>lesion" in text
+
+
+def test_gallery_shows_the_most_confidently_wrong_image_first(classification_report):
+    run_dir, _, out = classification_report
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    wrong = predictions[predictions["label"] != predictions["pred"]].copy()
+    wrong["confidence"] = [row[f"prob_{row['pred']}"] for _, row in wrong.iterrows()]
+    expected = wrong.sort_values("confidence", ascending=False).iloc[0]
+    first = parse(out).tables["gallery_wrong-table"][1]
+    assert first[0] == expected["image_id"]
+    assert first[3] == f"{expected['confidence']:.2f}"
+
+
+def test_report_is_self_contained_with_provenance(classification_report):
+    run_dir, config, out = classification_report
+    text = out.read_text()
+    report = parse(out)
+    assert report.images and all(src.startswith("data:image/png;base64,") for src in report.images)
+    assert "<script" not in text.lower()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    assert "Content-Security-Policy" in text
+    for section in ("summary", "data", "per-class", "confusion", "roc", "calibration", "cases", "provenance"):
+        assert section in report.ids
+    checkpoint = hashlib.sha256((run_dir / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    manifest = hashlib.sha256(Path(config["dataset"]["manifest"]).read_bytes()).hexdigest()
+    assert checkpoint in text and manifest in text
+    assert "0.1.0+test" in text
+    figures = sorted(p.name for p in (run_dir / "figures").iterdir())
+    assert figures == sorted(["class_counts.png", "confusion_matrix_counts.png", "confusion_matrix_normalized.png",
+                              "roc_curves.png", "reliability_diagram.png", "gallery_wrong.png", "gallery_tie.png"])
+
+
+def test_labels_and_config_strings_are_escaped(xss_report):
+    text = xss_report.read_text()
+    assert "<script>alert(1)</script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; (MEL)" in text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
+    assert "Nevus &amp; co" in text
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_metrics_is_a_clear_error_and_writes_nothing(tmp_path):
+    run_dir, config = make_classification_run(tmp_path, names={"MEL": "Melanoma", "NV": "Nevus"})
+    (run_dir / "metrics.json").unlink()
+    out = run_dir / "report.html"
+    with pytest.raises(DataError, match=r"metrics\.json: metrics file not found"):
+        write_experiment_report(run_dir=run_dir, config=config, out_path=out)
+    assert not out.exists()
+
+
+def test_class_list_mismatch_and_bad_predictions_are_errors(tmp_path):
+    run_dir, config = make_classification_run(tmp_path, names={"MEL": "Melanoma", "NV": "Nevus"})
+    swapped = {**config, "dataset": {**config["dataset"], "classes": ["NV", "MEL"]}}
+    with pytest.raises(DataError, match="differ from the config's class list"):
+        write_experiment_report(run_dir=run_dir, config=swapped, out_path=run_dir / "r.html")
+    predictions = pd.read_csv(run_dir / "predictions.csv").drop(columns=["prob_NV"])
+    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    with pytest.raises(DataError, match=r"predictions\.csv: missing column\(s\) \['prob_NV'\]"):
+        write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "r.html")
+    assert not (run_dir / "r.html").exists()
+
+
+def test_unreadable_test_image_is_reported_not_hidden(tmp_path):
+    run_dir, config = make_classification_run(tmp_path, names={"MEL": "Melanoma", "NV": "Nevus"})
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    tie = predictions.assign(margin=(predictions["prob_MEL"] - predictions["prob_NV"]).abs()).sort_values(
+        ["margin", "image_id"]).iloc[0]
+    image = Path(config["dataset"]["root"]) / "img" / f"{tie['image_id']}.png"
+    image.unlink()
+    out = write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "report.html")
+    text = out.read_text()
+    assert "1 test image(s) could not be read" in text and str(image) in text
+
+
+# ----------------------------------------------------------------------------- segmentation
+@pytest.fixture(scope="module")
+def segmentation_report(tmp_path_factory):
+    run_dir, config = make_segmentation_run(tmp_path_factory.mktemp("segrun"))
+    out = write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "report.html")
+    return run_dir, config, out
+
+
+def test_segmentation_report_matches_metrics_and_lesion_table(segmentation_report):
+    run_dir, config, out = segmentation_report
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    lesions = pd.read_csv(run_dir / "lesions.csv")
+    report = parse(out)
+    assert same(report.values[(None, "mean_dice")], metrics["mean_dice"]["value"])
+    for code, stats in metrics["per_class"].items():
+        for key in ("dice", "iou", "sensitivity", "ppv", "detected_any_type"):
+            assert same(report.values[(code, key)], stats[key]["value"]), (code, key)
+        # independent recount from lesions.csv
+        annotated = lesions["true_type"] == code
+        found = annotated & lesions["matched"] & (lesions["pred_type"] == code)
+        assert int(report.values[(code, "support")]) == annotated.sum()
+        assert int(report.values[(code, "predicted")]) == (lesions["pred_type"] == code).sum()
+        name = config["dataset"]["class_names"][code]
+        assert report.captions[code].startswith(f"Of {annotated.sum()} annotated {name} lesions, {found.sum()} ")
+        missed = int((annotated & ~lesions["matched"]).sum())
+        if missed:
+            assert f"{missed} {'was' if missed == 1 else 'were'} missed" in report.captions[code]
+    text = out.read_text()
+    assert "Labels are box-derived" in text
+    per_image = pd.read_csv(run_dir / "per_image.csv").sort_values(["dice", "image_id"], ascending=[False, True])
+    assert f"Best test image by Dice: {per_image.iloc[0]['image_id']} (Dice {per_image.iloc[0]['dice']:.2f})" in text
+    assert f"Worst test image by Dice: {per_image.iloc[-1]['image_id']}" in text
+    for section in ("per-type", "lesion-confusion", "overlays", "provenance"):
+        assert section in report.ids
+    assert np.all([src.startswith("data:image/png;base64,") for src in report.images])
