@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from pipeline import __version__
+from pipeline.atomic import write_text
 from pipeline.errors import ConfigError
 
 SCHEMA_FILE = "config.schema.yaml"
@@ -192,9 +193,4 @@ def code_version(stage: str = "train") -> str:
 
 
 def write_yaml_atomic(data: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))

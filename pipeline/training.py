@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pipeline.atomic import atomic_path, write_text
 from pipeline.config import write_yaml_atomic
 from pipeline.data.manifest import read_manifest, validate_manifest
 from pipeline.errors import ConfigError, TrainingError
@@ -112,15 +113,8 @@ def fingerprint(cfg: dict, *, with_code: bool = True) -> str:
 
 
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_split(cfg: dict) -> pd.DataFrame:
@@ -269,7 +263,7 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
                "steps": state["global_step"], "device": str(device), "world_size": world_size,
                "history": state["history"], "train_class_counts": counts}
     if is_main:
-        write_json_atomic(summary, run_dir / SUMMARY_FILE)
+        write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return summary

@@ -6,14 +6,13 @@ Label maps follow docs/ARCHITECTURE.md: a single-channel uint8 PNG, 0 = backgrou
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import DataError
 
 # Modes whose pixels are already label values (P: palette indices, as in VOC-style masks).
@@ -87,15 +86,8 @@ def write_png_atomic(array: np.ndarray, path: str | Path) -> Path:
         raise ValueError(f"write_png_atomic({path}): expected a uint8 array, got {array.dtype}")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"write_png_atomic({path}): expected (H, W) or (H, W, 3|4), got shape {array.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            Image.fromarray(array).save(stream, format="PNG")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
     return path
 
 

@@ -14,6 +14,7 @@ import jsonschema
 import pandas as pd
 import yaml
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -39,12 +40,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically, so a crash never leaves a truncated manifest that looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
 
 
 def _rows(frame: pd.DataFrame, mask: pd.Series) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 import scipy.stats
 from statsmodels.stats.proportion import proportion_confint
+
+from pipeline.atomic import write_text
 
 CI_LEVEL = 0.95
 _NAN_CI = (math.nan, math.nan)
@@ -247,17 +248,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to a temp file next to ``path`` and ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text)
 
 
 def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

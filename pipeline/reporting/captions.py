@@ -119,7 +119,7 @@ def class_detection_caption(
         return sentence + "; none was called anything else."
     shown = errors[:max_confusions]
     rest = sum(n for _, n in errors[max_confusions:])
-    tail = f", and {count(rest)} other classes" if rest else ""
+    tail = f", and {count(rest)} {'was' if rest == 1 else 'were'} called other classes" if rest else ""
     return f"{sentence}; {_join_calls(shown)}{tail}."
 
 

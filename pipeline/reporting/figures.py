@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
+from pipeline.atomic import atomic_path  # noqa: E402
+
 DPI = 110
 HIGHLIGHT_COLOR = "#c0392b"
 # Colour-blind-safe qualitative palette (Okabe & Ito) for lesion types.
@@ -41,14 +42,11 @@ TYPE_COLORS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00",
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write a PNG atomically (temp file in the same folder, then os.replace) and close the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -24,6 +24,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import __version__
+from pipeline.atomic import write_bytes
 from pipeline.data import io
 from pipeline.data.manifest import SPLITS, read_manifest, resolve
 from pipeline.errors import DataError
@@ -76,12 +77,7 @@ class FigureSink:
     def add(self, fig: Any, name: str, title: str, caption: str) -> dict[str, str]:
         png = figures.png_bytes(fig)
         if self.figures_dir is not None:
-            path = Path(self.figures_dir) / f"{name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(png)
-            tmp.replace(path)
-            self.written.append(path)
+            self.written.append(write_bytes(Path(self.figures_dir) / f"{name}.png", png))
         return {"id": name, "title": title, "uri": figures.data_uri(png), "caption": caption}
 
 

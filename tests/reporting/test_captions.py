@@ -37,7 +37,7 @@ def test_class_detection_caption_reads_the_confusion_row():
 def test_class_detection_caption_groups_the_tail_and_handles_empty_classes():
     row = [5, 1, 1, 1, 1]
     text = captions.class_detection_caption("A", 9, {"value": 5 / 9, "ci95": None}, row, list("ABCDE"), 0, max_confusions=2)
-    assert text.endswith("1 was called B, 1 C, and 2 other classes.")
+    assert text.endswith("1 was called B, 1 C, and 2 were called other classes.")
     assert "no A images" in captions.class_detection_caption("A", 0, {}, [0, 0], ["A", "B"], 0)
     assert text.startswith("Of 9 A images, 5 were recognised (56%, 95% CI n/a)")
 
