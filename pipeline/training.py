@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.atomic import atomic_path, write_text
 from pipeline.config import write_yaml_atomic
@@ -152,6 +153,8 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
     criterion = build_loss(loss_spec.pop("name"), num_classes=task.num_outputs, class_counts=counts, **loss_spec).to(device)
     dataset = task.train_dataset(train_frame, model, seed)
     sampler = task.train_sampler(dataset, seed, world_size, rank)
+    if sampler is None and world_size > 1:  # plain shuffling, sharded across torchrun ranks
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     tcfg = cfg["train"]
     batch_size = tcfg["batch_size"]
     shuffle_generator = torch.Generator()

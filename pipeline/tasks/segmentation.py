@@ -57,11 +57,7 @@ class SegmentationTask:
                             augment=train["augment"], seed=seed)
 
     def train_sampler(self, dataset, seed: int, num_replicas: int, rank: int):
-        if num_replicas == 1:
-            return None
-        from torch.utils.data.distributed import DistributedSampler
-
-        return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        return None  # patches are drawn by PatchDataset; the trainer shards them across ranks
 
     @torch.no_grad()
     def label_map(self, model: torch.nn.Module, image: np.ndarray, device: torch.device,
