@@ -30,7 +30,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "sampler": {"name": "none"},
         "train": {
             "epochs": 10, "batch_size": 32, "image_size": 64, "augment": True, "amp": "auto",
-            "device": "auto", "num_workers": 0, "grad_clip": None, "max_train_batches": None, "val_every": 1,
+            "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
@@ -42,7 +42,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "sampler": {"name": "none"},
         "train": {
             "epochs": 20, "batch_size": 16, "patch_size": 64, "patches_per_image": 4, "augment": True,
-            "amp": "auto", "device": "auto", "num_workers": 0, "grad_clip": None, "max_train_batches": None, "val_every": 1,
+            "amp": "auto", "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },

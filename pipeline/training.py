@@ -155,7 +155,9 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
     sampler = task.train_sampler(dataset, seed, world_size, rank)
     if sampler is None and world_size > 1:  # plain shuffling, sharded across torchrun ranks
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    tcfg = cfg["train"]
+    tcfg = dict(cfg["train"])
+    if tcfg["num_workers"] == "auto":
+        tcfg["num_workers"] = max((threads or 1) - 1, 0)
     batch_size = tcfg["batch_size"]
     shuffle_generator = torch.Generator()
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=sampler is None,

@@ -112,3 +112,16 @@ def test_rerun_is_a_no_op_and_one_changed_experiment_reruns_alone(finished_workf
             if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert jobs.get("train") == 1 and jobs.get("predict") == 1, output
     assert "prepare" not in jobs and "split" not in jobs
+
+
+@pytest.mark.slow
+def test_snakemake_report_registers_the_reports_and_figures(finished_workflow):
+    import zipfile
+
+    result = snakemake(finished_workflow, "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(finished_workflow / "report.zip") as archive:
+        names = archive.namelist()
+    assert any(n.endswith("cls_ce/seed0/report.html") for n in names), names[:20]
+    assert any(n.endswith("comparison.html") for n in names)
+    assert any("/figures/" in n and n.endswith(".png") for n in names)
