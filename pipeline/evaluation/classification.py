@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,15 +403,22 @@ def per_class_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for code in metrics["classes"]:
         entry = metrics["per_class"][code]
-        row: dict[str, Any] = {"class": code, "name": entry["name"], "support": entry["support"],
-                               "predicted": entry["predicted"]}
-        for metric in _RATE_COLUMNS:
-            lo, hi = entry[metric]["ci95"]
-            row.update({metric: entry[metric]["value"], f"{metric}_ci_lo": lo, f"{metric}_ci_hi": hi})
+        row = per_class_row(code, entry, _RATE_COLUMNS)
         for point in ("sens_at_95_spec", "spec_at_95_sens"):
             row.update({point: entry[point]["value"], f"{point}_threshold": entry[point]["threshold"]})
         rows.append(row)
     return pd.DataFrame(rows).astype({m: float for m in _RATE_COLUMNS})
+
+
+def per_class_row(code: str, entry: Mapping[str, Any], rates: Sequence[str]) -> dict[str, Any]:
+    """The start of a per_class.csv row (classification and segmentation): class, name, support,
+    predicted, and each rate in ``rates`` as value / ci_lo / ci_hi, from the metrics' per_class entry."""
+    row: dict[str, Any] = {"class": code, "name": entry["name"], "support": entry["support"],
+                           "predicted": entry["predicted"]}
+    for metric in rates:
+        lo, hi = entry[metric]["ci95"]
+        row.update({metric: entry[metric]["value"], f"{metric}_ci_lo": lo, f"{metric}_ci_hi": hi})
+    return row
 
 
 # --------------------------------------------------------------------------- comparisons

@@ -39,7 +39,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import confusion_matrix, f1_score, mean_absolute_error
 
 from pipeline.errors import DataError
-from pipeline.evaluation.classification import resolve_class_names
+from pipeline.evaluation.classification import per_class_row, resolve_class_names
 from pipeline.evaluation.stats import atomic_write_text, bootstrap_estimates, bootstrap_mean, proportion
 
 __all__ = [
@@ -401,11 +401,7 @@ def write_segmentation_tables(
     rows = []
     for code in metrics["classes"]:
         entry = metrics["per_class"][code]
-        row: dict[str, Any] = {"class": code, "name": entry["name"], "support": entry["support"],
-                               "predicted": entry["predicted"]}
-        for metric in _SEGMENTATION_RATES:
-            lo, hi = entry[metric]["ci95"]
-            row.update({metric: entry[metric]["value"], f"{metric}_ci_lo": lo, f"{metric}_ci_hi": hi})
+        row = per_class_row(code, entry, _SEGMENTATION_RATES)
         row.update({"count_mae": entry["count_error"]["mae"],
                     "count_mean_signed": entry["count_error"]["mean_signed"]})
         rows.append(row)

@@ -199,8 +199,46 @@ class FocalTverskyLoss(TverskyLoss):
         return _reduce(safe_pow(self.per_class(logits, target), 1.0 / self.gamma), self.reduction)
 
 
+class _DicePlusPixelLoss(_RegionLoss):
+    """lambda_dice * Dice + a weighted per-pixel term, both reduced by 'mean' or 'sum'. Subclasses
+    build the pixel term after this __init__ and return it, weighted, from ``pixel_term``."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        include_background: bool,
+        batch: bool,
+        smooth_nr: float,
+        smooth_dr: float,
+        ignore_index: int,
+        reduction: str,
+        lambda_dice: float,
+    ) -> None:
+        super().__init__(
+            num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, ("mean", "sum")
+        )
+        self.lambda_dice = check_number("lambda_dice", lambda_dice, low=0.0)
+        self.dice = DiceLoss(
+            num_classes=num_classes,
+            include_background=include_background,
+            batch=batch,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+
+    def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The per-pixel loss times its lambda."""
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self._label_map(logits, target)  # segmentation shapes only
+        return self.lambda_dice * self.dice(logits, target) + self.pixel_term(logits, target)
+
+
 @register_loss("dice_ce", segmentation_only=True)
-class DiceCELoss(_RegionLoss):
+class DiceCELoss(_DicePlusPixelLoss):
     """lambda_dice * Dice + lambda_ce * CE. ``weights`` (scheme or list, pipeline.losses.weighting)
     weigh the CE part only. Composed rather than monai.losses.DiceCELoss, which also weights the
     Dice term and has no ignore_index."""
@@ -224,19 +262,9 @@ class DiceCELoss(_RegionLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(
-            num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, ("mean", "sum")
+            num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, lambda_dice
         )
-        self.lambda_dice = check_number("lambda_dice", lambda_dice, low=0.0)
         self.lambda_ce = check_number("lambda_ce", lambda_ce, low=0.0)
-        self.dice = DiceLoss(
-            num_classes=num_classes,
-            include_background=include_background,
-            batch=batch,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
         self.ce = WeightedCrossEntropyLoss(
             num_classes=num_classes,
             class_counts=class_counts,
@@ -246,13 +274,12 @@ class DiceCELoss(_RegionLoss):
             reduction=reduction,
         )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._label_map(logits, target)  # segmentation shapes only
-        return self.lambda_dice * self.dice(logits, target) + self.lambda_ce * self.ce(logits, target)
+    def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.lambda_ce * self.ce(logits, target)
 
 
 @register_loss("dice_focal", segmentation_only=True)
-class DiceFocalLoss(_RegionLoss):
+class DiceFocalLoss(_DicePlusPixelLoss):
     """lambda_dice * Dice + lambda_focal * softmax focal (pipeline.losses.focal). ``weights`` are
     the focal alpha (scheme or list). The focal part always covers every channel, background
     included: leaving the background channel out of a softmax focal term would leave background
@@ -278,19 +305,9 @@ class DiceFocalLoss(_RegionLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(
-            num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, ("mean", "sum")
+            num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, lambda_dice
         )
-        self.lambda_dice = check_number("lambda_dice", lambda_dice, low=0.0)
         self.lambda_focal = check_number("lambda_focal", lambda_focal, low=0.0)
-        self.dice = DiceLoss(
-            num_classes=num_classes,
-            include_background=include_background,
-            batch=batch,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
         alpha = resolve_weights(weights, num_classes=num_classes, class_counts=class_counts, beta=beta)
         self.focal = FocalLoss(
             num_classes=num_classes,
@@ -300,9 +317,8 @@ class DiceFocalLoss(_RegionLoss):
             reduction=reduction,
         )
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._label_map(logits, target)  # segmentation shapes only
-        return self.lambda_dice * self.dice(logits, target) + self.lambda_focal * self.focal(logits, target)
+    def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.lambda_focal * self.focal(logits, target)
 
 
 def _reduce(per_class: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ import logging
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,6 +104,12 @@ def check_type_map(mapping: Mapping[str, str], classes: Sequence[str], adapter: 
     return {str(name): code for name, code in mapping.items()}
 
 
+def lesion_values(class_map: Mapping[str, str], classes: Sequence[str], adapter: str) -> dict[str, int]:
+    """``class_map`` (source name -> class code) as source name -> label-map value (class index + 1)."""
+    checked = check_type_map(class_map, classes, adapter, "class_map")
+    return {name: classes.index(code) + 1 for name, code in checked.items()}
+
+
 # ---------------------------------------------------------------- paths
 def resolve(path: str | Path, root: Path) -> Path:
     """A path from the config: absolute as is, else relative to the dataset root."""
@@ -123,6 +129,12 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{what} {path} is not a folder")
     return path
+
+
+def subset_folders(subsets: Mapping[str, str], root: Path) -> Iterator[tuple[Path, str]]:
+    """``(folder, split)`` for each checked subset; a folder that does not exist -> DataError."""
+    for folder_name, split in subsets.items():
+        yield require_dir(resolve(folder_name, root), f"subset {folder_name!r}:"), split
 
 
 def check_mask_root(mask_root: Path, root: Path, adapter: str) -> Path:
@@ -181,6 +193,14 @@ def csv_row(index: int) -> int:
     return int(index) + 2
 
 
+def parse_age(text: str) -> float:
+    """An age cell as a number; empty or not a number -> NaN."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
 def listed(items: Sequence[Any]) -> str:
     shown = ", ".join(str(i) for i in items[:MAX_LISTED])
     return shown + (f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
@@ -236,6 +256,34 @@ def write_mask(mask: np.ndarray, mask_root: Path, image_id: str) -> str:
     """Write ``<mask_root>/<image_id>.png`` atomically; return the manifest's mask_path."""
     write_png_atomic(mask, Path(mask_root) / f"{image_id}.png")
     return f"{image_id}.png"
+
+
+def weak_mask_row(
+    image: Path,
+    size: tuple[int, int],
+    ellipses: list[Ellipse],
+    classes: Sequence[str],
+    root: Path,
+    mask_root: Path,
+    *,
+    group_id: str,
+    split: str,
+    source: str,
+    label_origin: str,
+) -> dict[str, Any]:
+    """Manifest row of an image whose mask is drawn from ``ellipses``; writes the mask.
+    ``size`` is the image's (height, width)."""
+    height, width = size
+    return {
+        "image_id": image.stem,
+        "image_path": manifest_path(image, root),
+        "mask_path": write_mask(render_ellipses(height, width, ellipses), mask_root, image.stem),
+        "group_id": group_id,
+        "split": split,
+        "source": source,
+        "label_origin": label_origin,
+        **type_counts([e.value for e in ellipses], classes),
+    }
 
 
 def log_dropped(adapter: str, count: int, what: str, examples: Sequence[str]) -> None:

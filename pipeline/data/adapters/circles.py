@@ -37,17 +37,14 @@ from pipeline.data.adapters._common import (
     check_classes,
     check_mask_root,
     check_subsets,
-    check_type_map,
     index_images,
+    lesion_values,
     log_dropped,
     manifest_frame,
-    manifest_path,
     parse_params,
-    render_ellipses,
-    require_dir,
     resolve,
-    type_counts,
-    write_mask,
+    subset_folders,
+    weak_mask_row,
 )
 from pipeline.data.io import read_image_size
 from pipeline.errors import DataError
@@ -107,8 +104,7 @@ def read_annotations(path: Path) -> dict[str, Photo]:
 def _image_files(subsets: dict[str, str], root: Path) -> dict[str, tuple[Path, str]]:
     """ACNE04 name -> (image file, split); two files of one photo -> DataError."""
     found: dict[str, tuple[Path, str]] = {}
-    for folder_name, split in subsets.items():
-        folder = require_dir(resolve(folder_name, root), f"subset {folder_name!r}:")
+    for folder, split in subset_folders(subsets, root):
         for stem, image in index_images(folder, recursive=False).items():
             original = acne04_original(stem)
             if original in found:
@@ -144,7 +140,7 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
     root = Path(root)
     mask_root = check_mask_root(mask_root, root, ADAPTER)
     subsets = check_subsets(options.subsets, ADAPTER)
-    values = {name: classes.index(code) + 1 for name, code in check_type_map(options.class_map, classes, ADAPTER, "class_map").items()}
+    values = lesion_values(options.class_map, classes, ADAPTER)
     annotation_path = resolve(options.annotations, root)
     photos = read_annotations(annotation_path)
     images = _image_files(subsets, root)
@@ -154,16 +150,8 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
         image, split = images[original]
         height, width = read_image_size(image)
         ellipses = circle_ellipses(photos[original], values, height, width, f"annotation file {annotation_path}")
-        rows.append({
-            "image_id": image.stem,
-            "image_path": manifest_path(image, root),
-            "mask_path": write_mask(render_ellipses(height, width, ellipses), mask_root, image.stem),
-            "group_id": original,
-            "split": split,
-            "source": options.source,
-            "label_origin": "circle-derived",
-            **type_counts([e.value for e in ellipses], classes),
-        })
+        rows.append(weak_mask_row(image, (height, width), ellipses, classes, root, mask_root,
+                                  group_id=original, split=split, source=options.source, label_origin="circle-derived"))
     unannotated = sorted(str(images[o][0]) for o in set(images) - set(photos))
     log_dropped(ADAPTER, len(unannotated), "image file(s) with no entry in the annotation file", unannotated)
     unmatched = sorted(photos[o].file_name for o in set(photos) - set(images))

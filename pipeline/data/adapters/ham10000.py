@@ -33,6 +33,7 @@ from pipeline.data.adapters._common import (
     log_dropped,
     manifest_frame,
     manifest_path,
+    parse_age,
     parse_params,
     read_csv,
     require_dir,
@@ -84,13 +85,6 @@ def _check_ids(metadata: pd.DataFrame, path: Path) -> None:
         raise DataError(f"metadata {path}: image_id {metadata.at[index, 'image_id']!r} is repeated at line {csv_row(index)}")
 
 
-def _age(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return float("nan")
-
-
 def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.DataFrame:
     """Classification manifest from HAM10000 metadata and images (see module docstring)."""
     options = parse_params(Ham10000Params, params, ADAPTER)
@@ -117,7 +111,7 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
             "split": "",
             "source": options.source,
             "label_origin": record.get("dx_type") or "expert",
-            "age": _age(record.get("age", "")),
+            "age": parse_age(record.get("age", "")),
             "sex": record.get("sex", ""),
             "site": record.get("localization", ""),
         })

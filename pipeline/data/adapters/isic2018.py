@@ -37,6 +37,7 @@ from pipeline.data.adapters._common import (
     log_dropped,
     manifest_frame,
     manifest_path,
+    parse_age,
     parse_params,
     read_csv,
     resolve,
@@ -108,6 +109,15 @@ def read_ground_truth(path: Path, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"image_id": ids, "label": labels, "ground_truth": str(path)})
 
 
+def _first_repeated_id(frame: pd.DataFrame, file_column: str) -> tuple[str, list[str]] | None:
+    """The first ``image_id`` that occurs more than once, with the files (``file_column``) it is in."""
+    repeated = frame[frame["image_id"].duplicated(keep=False)]
+    if repeated.empty:
+        return None
+    image_id = repeated["image_id"].iloc[0]
+    return image_id, sorted(set(repeated.loc[repeated["image_id"] == image_id, file_column]))
+
+
 def _read_metadata(paths: list[Path]) -> pd.DataFrame:
     """Metadata rows indexed by image id (first of ``image_id`` / ``image``)."""
     frames = []
@@ -120,10 +130,9 @@ def _read_metadata(paths: list[Path]) -> pd.DataFrame:
         frame["metadata"] = str(path)
         frames.append(frame)
     metadata = pd.concat(frames, ignore_index=True)
-    duplicated = metadata[metadata["image_id"].duplicated(keep=False)]
-    if not duplicated.empty:
-        image_id = duplicated["image_id"].iloc[0]
-        files = sorted(set(duplicated.loc[duplicated["image_id"] == image_id, "metadata"]))
+    repeated = _first_repeated_id(metadata, "metadata")
+    if repeated is not None:
+        image_id, files = repeated
         raise DataError(f"metadata: image id {image_id!r} appears more than once (in {files})")
     return metadata.set_index("image_id")
 
@@ -133,19 +142,12 @@ def _text(value: Any) -> str:
     return "" if pd.isna(value) else str(value)
 
 
-def _age(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return float("nan")
-
-
 def _metadata_fields(record: dict[str, Any], metadata_columns: list[str]) -> dict[str, Any]:
     """label_origin (how the diagnosis was confirmed), age, sex, site from the metadata row."""
     origin = next((_text(record[c]) for c in _CONFIRM_TYPE_COLUMNS if c in metadata_columns and _text(record[c])), "expert")
     fields: dict[str, Any] = {"label_origin": origin}
     if "age" in metadata_columns:
-        fields["age"] = _age(_text(record["age"]))
+        fields["age"] = parse_age(_text(record["age"]))
     if "sex" in metadata_columns:
         fields["sex"] = _text(record["sex"])
     if "localization" in metadata_columns:
@@ -179,10 +181,9 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
         part["split"] = split
         parts.append(part)
     labels = pd.concat(parts, ignore_index=True)
-    duplicated = labels[labels["image_id"].duplicated(keep=False)]
-    if not duplicated.empty:
-        image_id = duplicated["image_id"].iloc[0]
-        files = sorted(set(duplicated.loc[duplicated["image_id"] == image_id, "ground_truth"]))
+    repeated = _first_repeated_id(labels, "ground_truth")
+    if repeated is not None:
+        image_id, files = repeated
         raise DataError(f"image id {image_id!r} is in more than one ground-truth file: {files}")
 
     metadata = None

@@ -38,16 +38,12 @@ from pipeline.data.adapters._common import (
     check_classes,
     check_mask_root,
     check_subsets,
-    check_type_map,
     index_images,
+    lesion_values,
     manifest_frame,
-    manifest_path,
     parse_params,
-    render_ellipses,
-    require_dir,
-    resolve,
-    type_counts,
-    write_mask,
+    subset_folders,
+    weak_mask_row,
 )
 from pipeline.data.io import read_image_size
 from pipeline.errors import DataError
@@ -128,17 +124,8 @@ def _image_row(xml: Path, image: Path, split: str, values: dict[str, int], class
         if obj.name not in values:
             raise DataError(f"VOC file {xml}: object {number} has name {obj.name!r}, not in class_map {sorted(values)}")
         ellipses.append(box_ellipse(obj, values[obj.name], width, height, xml, number))
-    mask = render_ellipses(height, width, ellipses)
-    return {
-        "image_id": image.stem,
-        "image_path": manifest_path(image, root),
-        "mask_path": write_mask(mask, mask_root, image.stem),
-        "group_id": acne04_original(image.stem),
-        "split": split,
-        "source": source,
-        "label_origin": "box-derived",
-        **type_counts([e.value for e in ellipses], classes),
-    }
+    return weak_mask_row(image, (height, width), ellipses, classes, root, mask_root,
+                         group_id=acne04_original(image.stem), split=split, source=source, label_origin="box-derived")
 
 
 def _pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -161,12 +148,11 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
     root = Path(root)
     mask_root = check_mask_root(mask_root, root, ADAPTER)
     subsets = check_subsets(options.subsets, ADAPTER)
-    values = {name: classes.index(code) + 1 for name, code in check_type_map(options.class_map, classes, ADAPTER, "class_map").items()}
+    values = lesion_values(options.class_map, classes, ADAPTER)
 
     rows: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
-    for folder_name, split in subsets.items():
-        folder = require_dir(resolve(folder_name, root), f"subset {folder_name!r}:")
+    for folder, split in subset_folders(subsets, root):
         for xml, image in _pairs(folder):
             if image.stem in seen:
                 raise DataError(f"two images share the id {image.stem!r}: {seen[image.stem]} and {image}")
