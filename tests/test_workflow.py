@@ -122,6 +122,7 @@ def test_snakemake_report_registers_the_reports_and_figures(finished_workflow):
     assert result.returncode == 0, result.stderr[-3000:]
     with zipfile.ZipFile(finished_workflow / "report.zip") as archive:
         names = archive.namelist()
-    assert any(n.endswith("cls_ce/seed0/report.html") for n in names), names[:20]
-    assert any(n.endswith("comparison.html") for n in names)
-    assert any("/figures/" in n and n.endswith(".png") for n in names)
+    # Snakemake stores each registered file under a hashed folder.
+    assert sum(n.endswith("/report.html") for n in names) >= 3, names[:20]  # + the archive's own index
+    assert sum(n.endswith("/comparison.html") for n in names) == 1
+    assert any(n.endswith("/confusion_matrix_normalized.png") for n in names)
