@@ -42,17 +42,17 @@ def _dataset_args(args) -> tuple[dict, Path, Path]:
     """(dataset settings, manifest path, split path) from --config/--dataset or --dataset-spec (JSON)."""
     if args.dataset_spec:
         spec = json.loads(args.dataset_spec)
-        name = spec.pop("name")
-        config = cfgmod.validate_config({"manifests_dir": spec.pop("manifests_dir"), "datasets": {name: spec},
-                                         "experiments": {"_": {"dataset": name}}})
+        name, manifests_dir = spec.pop("name"), spec.pop("manifests_dir")
+        dataset = cfgmod.validate_dataset(name, spec)
     elif args.config and args.dataset:
         config, name = cfgmod.load_config(args.config), args.dataset
+        if name not in config["datasets"]:
+            raise PipelineError(f"unknown dataset {name!r}; the config has {sorted(config['datasets'])}")
+        dataset, manifests_dir = config["datasets"][name], config["manifests_dir"]
     else:
         raise PipelineError("name a dataset with --config and --dataset, or with --dataset-spec")
-    if name not in config["datasets"]:
-        raise PipelineError(f"unknown dataset {name!r}; the config has {sorted(config['datasets'])}")
-    dataset = dict(config["datasets"][name], name=name)
-    return dataset, cfgmod.manifest_path(config, name), cfgmod.split_manifest_path(config, name)
+    paths = {"manifests_dir": manifests_dir}
+    return dict(dataset, name=name), cfgmod.manifest_path(paths, name), cfgmod.split_manifest_path(paths, name)
 
 
 # -------------------------------------------------------------------------------------------- stages

@@ -89,12 +89,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     evaluation.setdefault("bootstrap_seed", 0)
     evaluation.setdefault("iou_threshold", 0.1)
     for name, dataset in config["datasets"].items():
-        dataset.setdefault("params", {})
-        dataset.setdefault("mask_root", dataset["root"])
-        dataset.setdefault("grouping", "lesion")
-        dataset["split"] = deep_merge(DEFAULT_SPLIT, dataset.get("split", {}))
-        if dataset["task"] == "segmentation" and "background" in {c.lower() for c in dataset["classes"]}:
-            raise ConfigError(f"dataset {name!r}: background is implicit (label 0); do not list it in classes")
+        _dataset_defaults(name, dataset)
     for name, experiment in config["experiments"].items():
         if experiment["dataset"] not in config["datasets"]:
             raise ConfigError(
@@ -105,6 +100,28 @@ def validate_config(config: dict, source: str = "config") -> dict:
         if baseline not in config["experiments"]:
             raise ConfigError(f"baselines.{task} = {baseline!r} is not an experiment of this config")
     return config
+
+
+def _dataset_defaults(name: str, dataset: dict) -> None:
+    dataset.setdefault("params", {})
+    dataset.setdefault("mask_root", dataset["root"])
+    dataset.setdefault("grouping", "lesion")
+    dataset["split"] = deep_merge(DEFAULT_SPLIT, dataset.get("split", {}))
+    if dataset["task"] == "segmentation" and "background" in {c.lower() for c in dataset["classes"]}:
+        raise ConfigError(f"dataset {name!r}: background is implicit (label 0); do not list it in classes")
+
+
+def validate_dataset(name: str, dataset: dict) -> dict:
+    """One dataset block on its own (what the Snakefile hands to `pipeline prepare` / `split`)."""
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator({"$ref": "#/$defs/dataset", "$defs": schema["$defs"]})
+    error = jsonschema.exceptions.best_match(validator.iter_errors(dataset))
+    if error is not None:
+        where = "/".join(map(str, error.absolute_path)) or "<top>"
+        raise ConfigError(f"dataset {name!r} does not match the config schema at {where}: {error.message}")
+    dataset = copy.deepcopy(dataset)
+    _dataset_defaults(name, dataset)
+    return dataset
 
 
 def load_config(path: str | Path) -> dict:

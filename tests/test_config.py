@@ -67,3 +67,16 @@ def test_yaml_is_loaded_safely(tmp_path):
 def test_code_version_is_deterministic():
     first = cfgmod.code_version()
     assert first.startswith("0.") and first == cfgmod.code_version()
+
+
+def test_a_dataset_block_validates_on_its_own():
+    dataset = default_config()["datasets"]["acne_synthetic"]
+    resolved = cfgmod.validate_dataset("acne_synthetic", dataset)
+    assert resolved["mask_root"] == dataset["root"] and list(resolved["classes"]) == list(dataset["classes"])
+    with pytest.raises(ConfigError, match="dataset 'bad'.*task"):
+        cfgmod.validate_dataset("bad", {**dataset, "task": "detection"})
+
+
+def test_stage_code_versions_separate_training_from_reporting():
+    versions = {cfgmod.code_version(stage) for stage in ("train", "evaluation", "reporting")}
+    assert len(versions) == 3
