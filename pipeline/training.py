@@ -194,6 +194,7 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
     if track_weights and state["epoch"] == 0:
         weights_log.write_text("step," + ",".join(f"w{i}" for i in range(task.num_outputs)) + "\n")
 
+    progress_every = max(steps_per_epoch // 4, 25)  # a progress line about every quarter of a long epoch
     for epoch in range(state["epoch"], epochs):
         started = time.perf_counter()
         # Per-epoch seeding (global RNGs for augmentation, the loader's shuffle and worker seeds) makes a
@@ -237,6 +238,9 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
             seen += len(targets)
             if track_weights:
                 weight_rows.append(f"{step}," + ",".join(f"{w:.5f}" for w in criterion.current_weights().tolist()))
+            if is_main and (batch_index + 1) % progress_every == 0 and batch_index + 1 < steps_per_epoch:
+                log.info("%s seed %d | epoch %d/%d | batch %d/%d | loss %.4f", cfg["experiment"], seed, epoch + 1,
+                         epochs, batch_index + 1, steps_per_epoch, running / max(seen, 1))
 
         validate_now = is_main and ((epoch + 1) % tcfg["val_every"] == 0 or epoch + 1 == epochs)
         val_score = task.validation_score(model, val_frame, device, tcfg["num_workers"], amp_dtype) if validate_now else math.nan
