@@ -85,7 +85,7 @@ class PatchDataset(Dataset):
 
     def __init__(self, images: SegmentationImages, *, patch_size: int, patches_per_image: int,
                  ratios: list[float] | None, num_classes: int, augment: bool, seed: int) -> None:
-        from monai.transforms import Compose, RandCropByLabelClassesd, RandSpatialCropd, SpatialPadd
+        from monai.transforms import ClassesToIndices, Compose, RandCropByLabelClassesd, RandSpatialCropd, SpatialPadd
 
         self.images = images
         self.patches_per_image = patches_per_image
@@ -93,14 +93,23 @@ class PatchDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         size = (patch_size, patch_size)
+        # Crops are taken from uint8 images and normalised afterwards: normalising a whole photo per
+        # patch would cost more than the crop. Label maps are padded so every crop fits.
         pad = SpatialPadd(keys=["image", "label"], spatial_size=size, mode="constant")
+        self.items = [pad({"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                           "label": torch.from_numpy(mask[None].astype(np.int64))})
+                      for image, mask in zip(images.images, images.masks)]
         if ratios is None:
             crop = RandSpatialCropd(keys=["image", "label"], roi_size=size, random_size=False)
         else:
+            # Per-class pixel indices are computed once per image, not for every patch drawn.
+            to_indices = ClassesToIndices(num_classes=num_classes)
+            for item in self.items:
+                item["class_indices"] = to_indices(item["label"])
             crop = RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=size,
                                            ratios=ratios, num_classes=num_classes, num_samples=1,
-                                           warn=False)
-        self.transform = Compose([pad, crop])
+                                           indices_key="class_indices", warn=False)
+        self.transform = Compose([crop])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -112,12 +121,10 @@ class PatchDataset(Dataset):
         # One deterministic random state per (seed, epoch, item): resumable and worker-independent.
         item_seed = (self.seed * 1_000_003 + self.epoch * 100_003 + i) % (2**32)
         self.transform.set_random_state(seed=item_seed)
-        j = i // self.patches_per_image
-        data = {"image": normalise_image(self.images.images[j]),
-                "label": torch.from_numpy(self.images.masks[j][None].astype(np.int64))}
-        out = self.transform(data)
+        out = self.transform(dict(self.items[i // self.patches_per_image]))
         out = out[0] if isinstance(out, list) else out
-        patch, mask = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])[0].long()
+        patch = normalise_image(torch.as_tensor(out["image"]).permute(1, 2, 0).numpy())
+        mask = torch.as_tensor(out["label"])[0].long()
         if self.augment:
             generator = torch.Generator().manual_seed(item_seed)
             patch, mask = segmentation_augment(patch, mask, generator)
