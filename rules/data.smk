@@ -31,5 +31,7 @@ rule split:
         spec=dataset_spec,
     log:
         "logs/split/{dataset}.log",
+    benchmark:
+        "benchmarks/split/{dataset}.tsv"
     shell:
         "pipeline split --dataset-spec {params.spec:q} > {log:q} 2>&1"

@@ -19,6 +19,8 @@ rule report:
         code=pipeline_config.code_version("reporting"),
     log:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/{{experiment}}/seed{{seed}}/benchmarks/report.tsv"
     shell:
         "pipeline report --run-config {input.run:q} > {log:q} 2>&1"
 
@@ -48,5 +50,7 @@ rule compare:
         code=pipeline_config.code_version("reporting"),
     log:
         "logs/compare.log",
+    benchmark:
+        "benchmarks/compare.tsv"
     shell:
         "pipeline compare --runs {params.runs:q} --baseline {params.baselines:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -381,12 +381,17 @@ def difference_caption(
     return f"{head}. {experiment} is {better} than {baseline}: the interval excludes 0."
 
 
+ROUND_OFF = 1e-9
+
+
 def within_noise(difference: Mapping[str, Any]) -> bool | None:
     """True when the 95% CI of a difference contains 0; None when it is not available."""
     ci = difference.get("ci95") if difference else None
     if not ci or not all(is_number(v) for v in ci):
         return None
-    return bool(ci[0] <= 0 <= ci[1])
+    # Bootstrap means of 0/1 outcomes carry float round-off (a bound of 1e-16 is a bound of 0).
+    lo, hi = (0.0 if abs(v) < ROUND_OFF else v for v in ci)
+    return bool(lo <= 0 <= hi)
 
 
 def per_class_verdict_caption(verdicts: Sequence[tuple[str, str]], lesion_level: bool = False) -> str:

@@ -121,3 +121,9 @@ def test_per_class_verdict_caption():
     assert text.startswith("Per-class sensitivity: better for MEL; worse for none; within noise for 2 classes.")
     assert "Holm" in text
     assert "Holm" not in captions.per_class_verdict_caption([("MEL", "within noise")])
+
+
+def test_a_ci_bound_that_is_zero_up_to_round_off_is_within_noise():
+    assert captions.within_noise({"ci95": [1.08e-16, 0.13]}) is True
+    assert captions.within_noise({"ci95": [0.01, 0.13]}) is False
+    assert captions.within_noise({"ci95": [-0.2, -1e-17]}) is True
