@@ -48,7 +48,9 @@ __all__ = [
     "MATCHING_RULE",
     "MISSED",
     "compute_segmentation_metrics",
+    "MACRO_DICE_RULE",
     "lesion_components",
+    "macro_dice",
     "match_lesions",
     "pixel_scores",
     "write_segmentation_tables",
@@ -72,6 +74,13 @@ DICE_RULE = (
     "and prediction is excluded from that type's mean; a type predicted but absent from the truth "
     "(or the reverse) scores 0. An image's Dice is the mean over its counted types; images with no "
     "lesion in truth or prediction are excluded from mean_dice."
+)
+
+MACRO_DICE_RULE = (
+    "macro_dice is the mean over lesion types of each type's mean Dice (per_class dice: over the images "
+    "where the type is in the truth or the prediction, so a type predicted where none is annotated "
+    "scores 0). Every type weighs the same, so a model that finds only the large common types cannot "
+    "score well. The trainer selects its checkpoint on the validation split by this same function."
 )
 
 
@@ -202,6 +211,20 @@ def pixel_scores(true_map: np.ndarray, pred_map: np.ndarray, n_types: int) -> tu
     dice[absent] = np.nan
     iou[absent] = np.nan
     return dice, iou
+
+
+def macro_dice(dice_table: np.ndarray) -> float:
+    """Mean over lesion types of the per-type mean Dice; ``dice_table`` is (images, types) from
+    :func:`pixel_scores`, NaN where a type is in neither map. Types with no scored image are left
+    out; NaN when no type has one (MACRO_DICE_RULE)."""
+    table = np.atleast_2d(np.asarray(dice_table, dtype=float))
+    scored = np.isfinite(table)
+    if not scored.any():
+        return math.nan
+    sums = np.where(scored, table, 0.0).sum(axis=0)
+    counts = scored.sum(axis=0)
+    per_type = sums[counts > 0] / counts[counts > 0]
+    return float(per_type.mean())
 
 
 # --------------------------------------------------------------------------- main entry
@@ -342,6 +365,8 @@ def _metrics(classes: list[str], names: dict[str, str], dice: np.ndarray, iou: n
     return {
         "mean_dice": {**bootstrap_mean(per_image["dice"], n_bootstrap, bootstrap_seed),
                       "excluded_images": int(per_image["dice"].isna().sum())},
+        "macro_dice": {**bootstrap_estimates(lambda rows: [macro_dice(rows)], [dice], n_bootstrap,
+                                             bootstrap_seed)[0], "rule": MACRO_DICE_RULE},
         "mean_iou": {**bootstrap_mean(per_image["iou"], n_bootstrap, bootstrap_seed),
                      "excluded_images": int(per_image["iou"].isna().sum())},
         "lesion_detection": {"sensitivity": proportion(n_matched, n_true), "ppv": proportion(n_matched, n_pred),

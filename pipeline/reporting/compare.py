@@ -149,6 +149,7 @@ def _metric_columns(task: str, classes: Sequence[str], names: Mapping[str, str])
     else:
         columns = [
             ("mean_dice", "Mean Dice", lambda m: m.get("mean_dice"), True, False),
+            ("macro_dice", "Macro Dice", lambda m: m.get("macro_dice"), True, False),
             ("mean_iou", "Mean IoU", lambda m: m.get("mean_iou"), True, False),
             ("lesion_sensitivity", "Lesions found (any type)",
              lambda m: (m.get("lesion_detection") or {}).get("sensitivity"), True, True),

@@ -523,6 +523,8 @@ def segmentation_sections(
     section: dict[str, Any] = {
         "headline": [
             {"name": "Mean Dice", "key": "mean_dice", **cell(metrics["mean_dice"], percent=False)},
+            {"name": "Macro Dice (every lesion type weighs the same; the model-selection score)", "key": "macro_dice",
+             **cell(metrics.get("macro_dice"), percent=False)},
             {"name": "Mean IoU", "key": "mean_iou", **cell(metrics.get("mean_iou"), percent=False)},
             {"name": "Lesions found (any type)", "key": "lesion_sensitivity", **cell(detection.get("sensitivity"))},
             {"name": "Predicted lesions that are real", "key": "lesion_ppv", **cell(detection.get("ppv"))},

@@ -6,6 +6,7 @@ predicted whole by MONAI's sliding-window inference, so 640×640 photos work on 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from pipeline.models import build_segmenter
 
 class SegmentationTask:
     name = "segmentation"
-    score_name = "mean_dice"
+    score_name = "macro_dice"
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
@@ -81,16 +82,13 @@ class SegmentationTask:
             yield image_id, truth, self.label_map(model, image, device, amp_dtype)
 
     def validation_score(self, model, frame, device, num_workers=0, amp_dtype=None) -> float:
-        from monai.metrics import DiceMetric
-        from monai.networks.utils import one_hot
+        """Macro Dice over lesion types, by the same functions as the reported test metric
+        (pipeline.evaluation.segmentation.macro_dice): selection and report never disagree."""
+        from pipeline.evaluation.segmentation import macro_dice, pixel_scores
 
-        metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
-        for _, truth, pred in self.label_maps(model, frame, device, amp_dtype):
-            y = one_hot(torch.from_numpy(truth.astype(np.int64))[None, None], self.num_outputs)
-            y_hat = one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], self.num_outputs)
-            metric(y_pred=y_hat, y=y)
-        score = metric.aggregate().item()
-        return 0.0 if np.isnan(score) else float(score)
+        dice = [pixel_scores(truth, pred, len(self.types))[0] for _, truth, pred in self.label_maps(model, frame, device, amp_dtype)]
+        score = macro_dice(np.vstack(dice)) if dice else math.nan
+        return 0.0 if math.isnan(score) else score
 
     def predict(self, model, frame, device, run_dir: Path, num_workers=0, amp_dtype=None) -> pd.DataFrame:
         """Writes masks/<image_id>.png; the table lists each image's predicted and true label map."""
