@@ -63,6 +63,10 @@ def cmd_prepare(args) -> None:
     dataset, out, _ = _dataset_args(args)
     adapter = get_adapter(dataset["adapter"])
     frame = adapter(Path(dataset["root"]), list(dataset["classes"]), Path(dataset["mask_root"]), **dataset["params"])
+    if dataset["task"] == "segmentation":
+        from pipeline.data.instances import grade_synthetic_rows
+
+        frame = grade_synthetic_rows(frame, list(dataset["classes"]), dataset["grading"]["thresholds"])
     frame.attrs["source"] = f"adapter {dataset['adapter']!r} for dataset {dataset['name']!r}"
     validate_manifest(frame, task=dataset["task"], classes=list(dataset["classes"]), root=Path(dataset["root"]),
                       mask_root=Path(dataset["mask_root"]), check_files=True)

@@ -88,6 +88,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
     evaluation.setdefault("n_bootstrap", 1000)
     evaluation.setdefault("bootstrap_seed", 0)
     evaluation.setdefault("iou_threshold", 0.1)
+    evaluation.setdefault("split_touching", True)
+    evaluation.setdefault("min_peak_distance", 3)
+    evaluation.setdefault("min_neck_depth", 1.0)
     for name, dataset in config["datasets"].items():
         _dataset_defaults(name, dataset)
     for name, experiment in config["experiments"].items():
@@ -106,6 +109,11 @@ def _dataset_defaults(name: str, dataset: dict) -> None:
     dataset.setdefault("params", {})
     dataset.setdefault("mask_root", dataset["root"])
     dataset.setdefault("grouping", "lesion")
+    if dataset["task"] == "segmentation":
+        dataset["grading"] = deep_merge({"thresholds": [5, 20, 50]}, dataset.get("grading", {}))
+        thresholds = dataset["grading"]["thresholds"]
+        if any(b <= a for a, b in zip(thresholds, thresholds[1:])):
+            raise ConfigError(f"dataset {name!r}: grading thresholds must increase, got {thresholds}")
     dataset["split"] = deep_merge(DEFAULT_SPLIT, dataset.get("split", {}))
     if dataset["task"] == "segmentation" and "background" in {c.lower() for c in dataset["classes"]}:
         raise ConfigError(f"dataset {name!r}: background is implicit (label 0); do not list it in classes")

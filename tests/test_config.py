@@ -39,6 +39,8 @@ def test_experiment_overrides_defaults_without_mixing_losses():
         (lambda c: c["datasets"]["isic_synthetic"].update(task="detection"), "schema"),
         (lambda c: c.update(baselines={"classification": "missing"}), "not an experiment"),
         (lambda c: c["datasets"]["acne_synthetic"]["classes"].update(background="Background"), "implicit"),
+        (lambda c: c["datasets"]["acne_synthetic"].update(grading={"thresholds": [5, 5]}), "must increase"),
+        (lambda c: c["datasets"]["acne_synthetic"].update(grading={"thresholds": []}), "schema"),
     ],
 )
 def test_invalid_configs_are_rejected_with_a_message(mutate, message):
@@ -80,3 +82,11 @@ def test_a_dataset_block_validates_on_its_own():
 def test_stage_code_versions_separate_training_from_reporting():
     versions = {cfgmod.code_version(stage) for stage in ("train", "evaluation", "reporting")}
     assert len(versions) == 3
+
+
+def test_grading_thresholds_default_to_hayashi_and_synthetic_sets_its_own():
+    config = default_config()
+    del config["datasets"]["acne_synthetic"]["grading"]
+    assert cfgmod.validate_config(config)["datasets"]["acne_synthetic"]["grading"] == {"thresholds": [5, 20, 50]}
+    assert cfgmod.validate_config(default_config())["datasets"]["acne_synthetic"]["grading"]["thresholds"] == [3, 6, 10]
+    assert cfgmod.validate_config(default_config())["evaluation"]["split_touching"] is True

@@ -91,6 +91,34 @@ def write_png_atomic(array: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def write_instance_map(array: np.ndarray, path: str | Path) -> Path:
+    """Write an instance map (0 = background, 1..n = one annotated lesion each) as a 16-bit grey
+    PNG, atomically. Values must fit in uint16."""
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"write_instance_map({path}): expected an (H, W) integer array, got {array.dtype} {array.shape}")
+    if array.size and (int(array.min()) < 0 or int(array.max()) > np.iinfo(np.uint16).max):
+        raise ValueError(f"write_instance_map({path}): values must lie in 0..65535")
+    with atomic_path(path) as tmp:
+        Image.fromarray(array.astype(np.uint16)).save(tmp, format="PNG")
+    return path
+
+
+def read_instance_map(path: str | Path) -> np.ndarray:
+    """Read an instance map (any single-channel integer PNG, 8 or 16 bit) as ``(H, W)`` int64."""
+    path = Path(path)
+    image = _open_image(path)
+    if image.mode not in _INDEX_MODES:
+        raise DataError(f"instance map {path} has pixel mode {image.mode!r}; it needs one channel of instance ids")
+    values = np.asarray(image).astype(np.int64)
+    if values.ndim != 2:
+        raise DataError(f"instance map {path} has shape {values.shape}; it must be a single (H, W) channel")
+    if values.size and int(values.min()) < 0:
+        raise DataError(f"instance map {path} has negative values")
+    return values
+
+
 def check_mask(mask: np.ndarray, image_shape: Sequence[int], num_types: int, path: str | Path) -> None:
     """A label map must have its image's height and width and values in ``0..num_types``."""
     mask = np.asarray(mask)

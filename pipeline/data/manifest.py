@@ -18,7 +18,8 @@ from pipeline.atomic import atomic_path
 from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
-ID_COLUMNS = ("image_id", "image_path", "label", "mask_path", "group_id", "split", "source", "label_origin", "sex", "site")
+ID_COLUMNS = ("image_id", "image_path", "label", "mask_path", "instance_path", "group_id", "split", "source",
+              "label_origin", "sex", "site", "grade")
 MAX_LISTED = 5
 
 
@@ -120,8 +121,12 @@ def resolve(path: str, root: Path) -> Path:
 
 def check_files_exist(frame: pd.DataFrame, *, root: Path | None, mask_root: Path | None, source: str) -> None:
     columns = [("image_path", root)] + ([("mask_path", mask_root)] if mask_root is not None else [])
+    if mask_root is not None and "instance_path" in frame.columns:
+        columns.append(("instance_path", mask_root))
     for column, base in columns:
         for number, value in enumerate(frame[column], start=1):
+            if column == "instance_path" and (value == "" or value is None or (isinstance(value, float) and pd.isna(value))):
+                continue  # optional per row
             path = resolve(value, base or Path("."))
             if not path.is_file():
                 raise DataError(f"{source}: row {number}: {column} {path} does not exist")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data.io import read_label_map
 from pipeline.evaluation.classification import compute_classification_metrics, write_classification_tables
+from pipeline.evaluation.instances import segmentation_inputs
 from pipeline.evaluation.segmentation import compute_segmentation_metrics, write_segmentation_tables
 from pipeline.evaluation.stats import write_metrics_json
 from pipeline.errors import DataError
@@ -36,10 +36,10 @@ def evaluate_run(cfg: dict) -> dict:
         write_classification_tables(metrics, run_dir)
         row_labels = col_labels = _clinical_labels(metrics["classes"], metrics["class_names"])
     else:
-        samples = ((row.image_id, read_label_map(Path(row.true_mask_path)), read_label_map(run_dir / row.pred_mask_path))
-                   for row in predictions.itertuples())
+        samples, settings = segmentation_inputs(predictions, run_dir, dataset, evaluation)  # + instances, grades
         metrics, lesions, per_image = compute_segmentation_metrics(
-            samples, dataset["classes"], dataset["class_names"], iou_threshold=evaluation["iou_threshold"], **common)
+            samples, dataset["classes"], dataset["class_names"], iou_threshold=evaluation["iou_threshold"],
+            **settings, **common)
         metrics["label_origin"] = _label_origin(dataset)
         write_segmentation_tables(metrics, run_dir, lesions, per_image)
         block = metrics["confusion_matrix"]

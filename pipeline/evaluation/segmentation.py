@@ -8,13 +8,17 @@ Two levels, each with its own rule (also written into metrics.json):
   An image where a type is absent from both truth and prediction says nothing about that type and
   is left out of that type's mean (DICE_RULE). An image's Dice is the mean over the types it does
   count for; ``mean_dice`` is the mean over images with a percentile bootstrap CI over images.
-* **Lesions**: a lesion is a connected component (8-connectivity) of the foreground, whatever its
-  type; its type is the majority label among its pixels (ties: the lower label). True and predicted
-  lesions are matched one-to-one (MATCHING_RULE). Sensitivity of a type = true lesions of that type
+* **Lesions**: a true lesion is one instance of the manifest's instance map (one per annotation);
+  without one, an 8-connected component of one lesion type's mask (types never merge). Predicted
+  lesions come from :func:`pipeline.evaluation.instances.predicted_instances` (per type, touching
+  lesions split; SPLIT_RULE). A lesion's type is the majority label among its pixels (ties: the
+  lower label). True and predicted lesions are matched one-to-one (MATCHING_RULE). Sensitivity of a type = true lesions of that type
   matched to a predicted lesion of the SAME type / true lesions of that type; PPV = predicted
   lesions of that type matched to a true lesion of the same type / predicted lesions of that type;
   ``detected_any_type`` = true lesions matched whatever the predicted type. Wilson intervals for
   these; F1 gets a bootstrap over images (lesions of an image resampled together).
+* **Counts and grades**: lesions per image and type, predicted against annotated (MAE, Spearman),
+  and the severity grade of each image from its lesion count (``grading``, GRADING_RULE).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +37,14 @@ import sklearn
 import torch
 from monai.metrics import compute_dice, compute_iou
 from monai.networks.utils import one_hot
-from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import confusion_matrix, f1_score, mean_absolute_error
 
+from pipeline.data.instances import HAYASHI_THRESHOLDS, check_instances, components_per_type
 from pipeline.errors import DataError
 from pipeline.evaluation.classification import per_class_row, resolve_class_names
+from pipeline.evaluation.instances import SPLIT_RULE, annotated_grade_list, grading_metrics, predicted_instances, spearman
 from pipeline.evaluation.stats import atomic_write_text, bootstrap_estimates, bootstrap_mean, proportion
 
 __all__ = [
@@ -58,11 +63,12 @@ __all__ = [
 
 FALSE_LESION = "false lesion"  # confusion-matrix row: a predicted lesion with no true partner
 MISSED = "missed"  # confusion-matrix column: a true lesion with no predicted partner
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 MATCHING_RULE = (
-    "Lesions are 8-connected components of the foreground (any lesion type), typed by the majority "
-    "label of their pixels. A true and a predicted lesion are eligible for matching when their IoU "
+    "True lesions are the instances of the annotation's instance map (one per annotated lesion), or, "
+    "without one, 8-connected components of each lesion type's mask; predicted lesions are "
+    "separated per type and split where they touch (split_rule). Each is typed by the majority "
+    "label of its pixels. A true and a predicted lesion are eligible for matching when their IoU "
     ">= iou_threshold; among eligible pairs, the one-to-one assignment with the most matched pairs, "
     "and among those the largest total IoU, is found (Hungarian algorithm, "
     "scipy.optimize.linear_sum_assignment). Unassigned true lesions are "
@@ -86,11 +92,13 @@ MACRO_DICE_RULE = (
 
 @dataclass(frozen=True)
 class Components:
-    """Connected lesions of one label map: ``ids`` map (0 = background, 1..n), type and area of each."""
+    """Lesions of one label map: ``ids`` map (0 = background, 1..n), type and area of each, and the
+    id each had in its instance map (``source_ids``)."""
 
     ids: np.ndarray
     types: np.ndarray  # label value (1..K) of component j at index j - 1
     areas: np.ndarray
+    source_ids: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -98,17 +106,24 @@ class Components:
 
 
 # --------------------------------------------------------------------------- lesions
-def lesion_components(label_map: np.ndarray) -> Components:
-    """8-connected foreground components (``scipy.ndimage.label``), each typed by its majority label."""
+def lesion_components(label_map: np.ndarray, instance_map: np.ndarray | None = None) -> Components:
+    """Lesions of a label map, each typed by its majority label: the instances of ``instance_map``
+    (renumbered 1..n in id order), or without one the 8-connected components of each type's mask."""
     label_map = np.asarray(label_map)
-    ids, count = ndimage.label(label_map > 0, structure=_EIGHT_CONNECTED)
+    instance_map = components_per_type(label_map) if instance_map is None else np.asarray(instance_map, dtype=np.int64)
+    source_ids = np.unique(instance_map[instance_map > 0])
+    count = len(source_ids)
+    ids = np.zeros(label_map.shape, dtype=np.int64)
+    foreground = instance_map > 0
+    ids[foreground] = np.searchsorted(source_ids, instance_map[foreground]) + 1
     n_labels = int(label_map.max(initial=0)) + 1
-    # pixel counts per (component, label value); row 0 is the background
+    # pixel counts per (lesion, label value); row 0 is the background
     per_label = np.bincount(ids.ravel() * n_labels + label_map.ravel().astype(np.int64),
                             minlength=(count + 1) * n_labels).reshape(count + 1, n_labels)
-    types = per_label[1:, 1:].argmax(axis=1) + 1 if count else np.zeros(0, dtype=np.int64)
+    types = per_label[1:, 1:].argmax(axis=1) + 1 if count and n_labels > 1 else np.zeros(count, dtype=np.int64)
     areas = per_label[1:].sum(axis=1)
-    return Components(ids=ids, types=types.astype(np.int64), areas=areas.astype(np.int64))
+    return Components(ids=ids, types=types.astype(np.int64), areas=areas.astype(np.int64),
+                      source_ids=source_ids.astype(np.int64))
 
 
 def _iou_matrix(true: Components, pred: Components) -> np.ndarray:
@@ -126,18 +141,23 @@ def match_lesions(
     iou_threshold: float = 0.1,
     *,
     classes: list[str] | None = None,
+    true_instances: np.ndarray | None = None,
+    pred_instances: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Match true and predicted lesions one-to-one; one row per lesion pair or unmatched lesion.
 
-    Rule (also ``MATCHING_RULE``): lesions are 8-connected foreground components typed by majority
-    label; pairs with IoU >= ``iou_threshold`` are eligible, and the one-to-one assignment with the
+    Rule (also ``MATCHING_RULE``): lesions are the instances of ``true_instances`` /
+    ``pred_instances`` (instance maps; without one, the 8-connected components of each type's mask;
+    the evaluate stage passes :func:`~pipeline.evaluation.instances.predicted_instances` of the
+    prediction), typed by majority label; pairs with IoU >= ``iou_threshold`` are eligible, and the one-to-one assignment with the
     most eligible pairs, ties broken by the largest total IoU, is taken
     (``scipy.optimize.linear_sum_assignment``). Counting matches first means a small predicted
     lesion inside a large true one does not cost a neighbouring true lesion its only partner.
     Unassigned true lesions are missed (``pred_type`` None), unassigned predicted lesions are false
     lesions (``true_type`` None).
 
-    Rows: ``lesion_id`` (0.. in this image), ``true_type``, ``pred_type`` (label values, or codes
+    Rows: ``lesion_id`` (0.. in this image), ``instance_id`` (the true lesion's id in its instance
+    map, or 0.. per type component; None for a false lesion), ``true_type``, ``pred_type`` (label values, or codes
     from ``classes`` when given), ``matched``, ``iou`` (of the matched pair; for an unmatched lesion
     its largest IoU with any lesion of the other map, 0 if it touches none), ``true_area``,
     ``pred_area`` (pixels; None for the absent side). Order: true lesions in component order, then
@@ -148,7 +168,7 @@ def match_lesions(
     true_map, pred_map = np.asarray(true_map), np.asarray(pred_map)
     if true_map.shape != pred_map.shape:
         raise ValueError(f"true and predicted maps differ in shape: {true_map.shape} vs {pred_map.shape}")
-    true, pred = lesion_components(true_map), lesion_components(pred_map)
+    true, pred = lesion_components(true_map, true_instances), lesion_components(pred_map, pred_instances)
     iou = _iou_matrix(true, pred)
     eligible = iou >= iou_threshold
     # each eligible pair is worth more than any total IoU (<= min(n_true, n_pred)), so the
@@ -164,6 +184,7 @@ def match_lesions(
     for t in range(true.count):
         p = partner_of_true.get(t)
         rows.append({
+            "instance_id": int(true.source_ids[t]),
             "true_type": name(true.types[t]),
             "pred_type": None if p is None else name(pred.types[p]),
             "matched": p is not None,
@@ -174,7 +195,7 @@ def match_lesions(
     matched_preds = set(partner_of_true.values())
     for p in range(pred.count):
         if p not in matched_preds:
-            rows.append({"true_type": None, "pred_type": name(pred.types[p]), "matched": False,
+            rows.append({"instance_id": None, "true_type": None, "pred_type": name(pred.types[p]), "matched": False,
                          "iou": _best_overlap(iou[:, p]), "true_area": None, "pred_area": int(pred.areas[p])})
     return [{"lesion_id": i, **row} for i, row in enumerate(rows)]
 
@@ -238,20 +259,33 @@ def compute_segmentation_metrics(
     iou_threshold: float = 0.1,
     n_bootstrap: int = 1000,
     bootstrap_seed: int = 0,
+    split_touching: bool = True,
+    min_peak_distance: int = 3,
+    min_neck_depth: float = 1.0,
+    grade_thresholds: Sequence[float] = HAYASHI_THRESHOLDS,
+    annotated_grades: Mapping[str, int | None] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """Pixel- and lesion-level metrics over ``(image_id, true_map, pred_map)`` samples.
+    """Pixel- and lesion-level metrics over ``(image_id, true_map, pred_map[, true_instances])``
+    samples (``true_instances``: the annotation's instance map, or None for components per type).
 
     Returns ``(metrics, lesions, per_image)``: the metrics.json dict (NaN where undefined), the
     lesion table (``image_id`` + :func:`match_lesions` rows, types as class codes) and one row per
-    image (``image_id``, ``dice``, ``iou``, ``dice_<TYPE>``, ``n_true[_<TYPE>]``, ``n_pred[_<TYPE>]``).
-    ``samples`` may be a generator: maps are read once and not kept.
+    image (``image_id``, ``dice``, ``iou``, ``dice_<TYPE>``, ``n_true[_<TYPE>]``, ``n_pred[_<TYPE>]``,
+    ``grade_annotated`` (empty when none), ``grade_true`` (the reference), ``grade_pred``).
+    Predicted lesions come from :func:`predicted_instances` with ``split_touching``,
+    ``min_peak_distance`` and ``min_neck_depth``; grades use ``grade_thresholds`` and
+    ``annotated_grades`` (image_id -> grade or None). ``samples`` may be a generator: maps are
+    read once and not kept.
     """
     classes = list(classes)
     _check_class_list(classes)
     names = resolve_class_names(classes, class_names)
     per_image_rows, lesion_rows, dice_rows, iou_rows = [], [], [], []
     seen: set[str] = set()
-    for image_id, true_map, pred_map in samples:
+    split = dict(split_touching=split_touching, min_peak_distance=min_peak_distance, min_neck_depth=min_neck_depth)
+    for sample in samples:
+        image_id, true_map, pred_map = sample[:3]
+        true_instances = sample[3] if len(sample) > 3 else None
         image_id = str(image_id)
         if image_id in seen:
             raise DataError(f"segmentation evaluation: image_id {image_id!r} appears twice")
@@ -261,8 +295,11 @@ def compute_segmentation_metrics(
         if true_map.shape != pred_map.shape:
             raise DataError(f"image {image_id!r}: true map {true_map.shape} and predicted map "
                             f"{pred_map.shape} differ in shape")
+        if true_instances is not None:
+            check_instances(true_map, true_instances, f"image {image_id!r}")
         dice, iou = pixel_scores(true_map, pred_map, len(classes))
-        lesions = match_lesions(true_map, pred_map, iou_threshold, classes=classes)
+        lesions = match_lesions(true_map, pred_map, iou_threshold, classes=classes, true_instances=true_instances,
+                                pred_instances=predicted_instances(pred_map, **split))
         dice_rows.append(dice)
         iou_rows.append(iou)
         lesion_rows.extend({"image_id": image_id, **row} for row in lesions)
@@ -275,9 +312,16 @@ def compute_segmentation_metrics(
     per_image = pd.DataFrame(per_image_rows)
     metrics = _metrics(classes, names, dice_table, iou_table, lesions, per_image,
                        n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed)
+    annotated = annotated_grade_list(per_image["image_id"].tolist(), annotated_grades)
+    grading, reference, predicted = grading_metrics(per_image["n_true"], per_image["n_pred"], annotated,
+                                                    grade_thresholds, n_bootstrap=n_bootstrap,
+                                                    bootstrap_seed=bootstrap_seed)
+    per_image["grade_annotated"] = pd.Series(annotated, dtype=object)  # None (empty in CSV): not annotated
+    per_image["grade_true"], per_image["grade_pred"] = reference, predicted
     metrics = {"task": "segmentation", "experiment": experiment, "seed": seed, "classes": classes,
                "class_names": names, "n_images": len(per_image), "iou_threshold": iou_threshold,
-               "matching_rule": MATCHING_RULE, "dice_rule": DICE_RULE, **metrics,
+               "matching_rule": MATCHING_RULE, "split_rule": SPLIT_RULE, "lesion_split": split,
+               "dice_rule": DICE_RULE, **metrics, "grading": grading,
                "bootstrap": {"n_resamples": n_bootstrap, "seed": bootstrap_seed, "method": "percentile",
                              "unit": "image"}}
     return metrics, lesions, per_image
@@ -322,9 +366,10 @@ def _mean_or_nan(values: np.ndarray) -> float:
 
 
 def _lesion_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    columns = ["image_id", "lesion_id", "true_type", "pred_type", "matched", "iou", "true_area", "pred_area"]
+    columns = ["image_id", "lesion_id", "true_type", "pred_type", "matched", "iou", "true_area", "pred_area",
+               "instance_id"]
     frame = pd.DataFrame(rows, columns=columns)
-    return frame.astype({"lesion_id": "int64", "matched": bool, "iou": float,
+    return frame.astype({"lesion_id": "int64", "instance_id": "Int64", "matched": bool, "iou": float,
                          "true_area": "Int64", "pred_area": "Int64",
                          "true_type": object, "pred_type": object})
 
@@ -371,7 +416,8 @@ def _metrics(classes: list[str], names: dict[str, str], dice: np.ndarray, iou: n
                      "excluded_images": int(per_image["iou"].isna().sum())},
         "lesion_detection": {"sensitivity": proportion(n_matched, n_true), "ppv": proportion(n_matched, n_pred),
                              "rule": "matched regardless of type"},
-        "lesion_count_error": _count_error(per_image["n_true"], per_image["n_pred"]),
+        "lesion_count_error": {**_count_error(per_image["n_true"], per_image["n_pred"]),
+                               "spearman": spearman(per_image["n_true"], per_image["n_pred"])},
         "per_class": per_class,
         "confusion_matrix": {"labels": classes, "row_labels": [*classes, FALSE_LESION],
                              "col_labels": [*classes, MISSED], "counts": counts.tolist(),

@@ -416,3 +416,28 @@ def per_class_verdict_caption(verdicts: Sequence[tuple[str, str]], lesion_level:
             f"see the Holm-adjusted p-values."
         )
     return text
+
+
+def grading_caption(grading: Mapping[str, Any]) -> str:
+    """One line on severity grading from lesion counts, from the metrics.json ``grading`` block."""
+    accuracy = grading.get("accuracy") or {}
+    n, k = accuracy.get("n"), accuracy.get("k")
+    if not is_number(n) or not n:
+        return "No test image to grade."
+    kappa = grading.get("kappa") or {}
+    kappa_text = (f"quadratic-weighted kappa {kappa['value']:.2f} ({ci_text(kappa.get('ci95'), percent=False)})"
+                  if is_number(kappa.get("value")) else "kappa not estimable (one grade only)")
+    spearman = (grading.get("spearman") or {}).get("value")
+    spearman_text = f", Spearman {spearman:.2f} between the counts" if is_number(spearman) else ""
+    mae = grading.get("count_mae")
+    mae_text = f"the predicted lesion count is off by {mae:.1f} lesions per image on average" if is_number(mae) else ""
+    text = (f"The grade from the model's lesion count equals the reference ({grading.get('reference', 'n/a')}) in "
+            f"{count(k)} of {count(n)} images ({value_with_ci(accuracy)}); {kappa_text}")
+    text += f"; {mae_text}{spearman_text}." if mae_text else "."
+    matrix = grading.get("confusion_matrix") or {}
+    labels, counts = matrix.get("labels") or [], matrix.get("counts") or []
+    misses = [(counts[i][j], i, j) for i in range(len(counts)) for j in range(len(counts[i])) if i != j and counts[i][j]]
+    if misses and len(labels) == len(counts):
+        worst, i, j = max(misses, key=lambda m: (m[0], -abs(m[1] - m[2])))
+        text += f" Most frequent miss: {labels[i]} graded {labels[j]} ({count(worst)} image{'s' if worst != 1 else ''})."
+    return text

@@ -551,7 +551,32 @@ def segmentation_sections(
             captions.lesion_confusion_caption(matrix["counts"], row_labels, col_labels),
         )
     section["overlays"] = _overlays(predictions, run_dir, manifest, config, labels, sink)
+    section["grading"] = grading_section(metrics.get("grading"))
     return section
+
+
+def grading_section(grading: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Severity grading from lesion counts, as stored in metrics.json (None when absent)."""
+    if not grading:
+        return None
+    matrix = grading.get("confusion_matrix") or {}
+    labels = [str(label) for label in matrix.get("labels") or []]
+    counts = matrix.get("counts") or []
+    spearman = grading.get("spearman") or {}
+    return {
+        "cards": [
+            {"name": "Grade accuracy", "key": "grade_accuracy", **cell(grading.get("accuracy"))},
+            {"name": "Quadratic-weighted kappa", "key": "grade_kappa", **cell(grading.get("kappa"), percent=False)},
+            {"name": "Lesion count MAE", "key": "grade_count_mae", **cell(grading.get("count_mae"), percent=False)},
+            {"name": "Spearman (counts)", "key": "grade_spearman", **cell(spearman.get("value"), percent=False)},
+        ],
+        "caption": captions.grading_caption(grading),
+        "reference": grading.get("reference", ""),
+        "rule": grading.get("rule", ""),
+        "thresholds": ", ".join(str(t) for t in grading.get("thresholds") or []),
+        "labels": labels,
+        "rows": [{"label": label, "counts": [int(c) for c in row]} for label, row in zip(labels, counts)],
+    }
 
 
 def _lesion_caption(code: str, labels: Mapping[str, str], stats: Mapping[str, Any], matrix: Mapping[str, Any]) -> str:

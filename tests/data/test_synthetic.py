@@ -231,6 +231,35 @@ def test_acne_masks_match_images_and_counts(acne_set):
         assert lesions == sum(getattr(row, f"n_{t}") for t in ACNE_TYPES)
 
 
+def test_acne_instance_maps_hold_one_instance_per_lesion(acne_set):
+    from pipeline.data.instances import check_instances
+    from pipeline.data.io import read_instance_map
+
+    root, manifest = acne_set
+    for row in manifest.itertuples():
+        label_map = _label_map(root, row.mask_path)
+        with Image.open(root / row.instance_path) as stored:
+            assert stored.mode.startswith("I;16")  # uint16 PNG
+        instances = read_instance_map(root / row.instance_path)
+        check_instances(label_map, instances, row.image_id)  # same foreground, one type per instance
+        n_lesions = sum(getattr(row, f"n_{t}") for t in ACNE_TYPES)
+        assert sorted(np.unique(instances[instances > 0]).tolist()) == list(range(1, n_lesions + 1))
+
+
+def test_acne_instance_maps_are_added_to_an_older_data_set(acne_set, tmp_path):
+    root, manifest = acne_set
+    import shutil
+
+    copy = tmp_path / "older"
+    shutil.copytree(root, copy)
+    shutil.rmtree(copy / "instances")  # drawn before instance maps existed
+    before = {k: v for k, v in _file_bytes(copy).items()}
+    build_synthetic_acne(copy, ACNE_TYPES, copy, **ACNE_PARAMS)
+    after = _file_bytes(copy)
+    assert all(after[name] == data for name, data in before.items())  # nothing redrawn
+    assert after.keys() - before.keys() == {f"instances/{i}.png" for i in manifest["image_id"]}
+
+
 def test_acne_lesion_cores_never_overlap():
     size = 64
     rows, cols = np.mgrid[0:size, 0:size]
@@ -248,7 +277,8 @@ def test_acne_lesion_cores_never_overlap():
 
 def test_acne_manifest_follows_the_contract(acne_set):
     _, manifest = acne_set
-    assert set(manifest.columns) == SEGMENTATION_COLUMNS | {f"n_{t}" for t in ACNE_TYPES}
+    assert set(manifest.columns) == SEGMENTATION_COLUMNS | {"instance_path", "grade"} | {f"n_{t}" for t in ACNE_TYPES}
+    assert (manifest["grade"] == "").all()  # graded by `pipeline prepare` with the dataset's thresholds
     assert manifest["image_id"].is_unique and len(manifest) == ACNE_PARAMS["n_images"]
     assert (manifest["split"] == "").all() and (manifest["label_origin"] == "synthetic").all()
     assert (manifest.groupby("group_id").size() > 1).any(), "no patient has several images"

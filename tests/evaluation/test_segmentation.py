@@ -32,14 +32,23 @@ def only(rows, kind):
 
 
 # --------------------------------------------------------------------------- components
-def test_components_use_8_connectivity_and_majority_type():
+def test_components_use_8_connectivity_per_type():
     m = blank()
     m[1, 1] = m[2, 2] = 1  # diagonal neighbours: one lesion
-    m[2, 3] = 2  # touching, minority type
+    m[2, 3] = 2  # touching, but another type: its own lesion (types never merge)
     m[8:10, 8:10] = 2  # separate lesion
     components = lesion_components(m)
-    assert components.count == 2
-    assert components.types.tolist() == [1, 2] and components.areas.tolist() == [3, 4]
+    assert components.count == 3
+    assert components.types.tolist() == [1, 2, 2] and components.areas.tolist() == [2, 1, 4]
+
+
+def test_components_from_an_instance_map_keep_touching_lesions_apart():
+    m, instances = blank(), np.zeros((12, 12), dtype=np.int64)
+    m[2:5, 2:8] = 1
+    instances[2:5, 2:5], instances[2:5, 5:8] = 7, 3  # two touching papules, sparse ids
+    components = lesion_components(m, instances)
+    assert components.count == 2 and components.source_ids.tolist() == [3, 7]
+    assert components.types.tolist() == [1, 1] and components.areas.tolist() == [9, 9]
 
 
 # --------------------------------------------------------------------------- matching cases
@@ -76,9 +85,9 @@ def test_missed_and_false_lesions():
     pred[8:10, 8:11] = 1
     rows = match_lesions(true, pred, classes=TYPES)
     assert rows == [
-        {"lesion_id": 0, "true_type": "pustule", "pred_type": None, "matched": False, "iou": 0.0,
+        {"lesion_id": 0, "instance_id": 1, "true_type": "pustule", "pred_type": None, "matched": False, "iou": 0.0,
          "true_area": 4, "pred_area": None},
-        {"lesion_id": 1, "true_type": None, "pred_type": "papule", "matched": False, "iou": 0.0,
+        {"lesion_id": 1, "instance_id": None, "true_type": None, "pred_type": "papule", "matched": False, "iou": 0.0,
          "true_area": None, "pred_area": 6},
     ]
 
@@ -202,7 +211,8 @@ def test_counts_and_count_errors_by_hand(hand_case):
     papule, pustule = metrics["per_class"]["papule"], metrics["per_class"]["pustule"]
     assert papule["count_error"] == {"mae": pytest.approx(1 / 3), "mean_signed": pytest.approx(1 / 3)}
     assert pustule["count_error"] == {"mae": pytest.approx(1 / 3), "mean_signed": pytest.approx(-1 / 3)}
-    assert metrics["lesion_count_error"] == {"mae": 0.0, "mean_signed": 0.0}
+    assert metrics["lesion_count_error"]["mae"] == 0.0 and metrics["lesion_count_error"]["mean_signed"] == 0.0
+    assert metrics["lesion_count_error"]["spearman"]["value"] == pytest.approx(1.0)  # totals 2, 1, 0 both sides
 
 
 def test_metrics_shape_and_json(hand_case, tmp_path):

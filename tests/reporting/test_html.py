@@ -4,6 +4,7 @@ recomputation from predictions.csv, labels are escaped, and bad input fails loud
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -234,6 +235,34 @@ def segmentation_report(tmp_path_factory):
     run_dir, config = make_segmentation_run(tmp_path_factory.mktemp("segrun"))
     out = write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "report.html")
     return run_dir, config, out
+
+
+def test_segmentation_report_shows_grading_from_metrics(segmentation_report):
+    run_dir, _, out = segmentation_report
+    grading = json.loads((run_dir / "metrics.json").read_text())["grading"]
+    report = parse(out)
+    assert "grading" in report.ids
+    assert same(report.values[(None, "grade_accuracy")], grading["accuracy"]["value"])
+    assert same(report.values[(None, "grade_count_mae")], grading["count_mae"])
+    text = out.read_text()
+    assert grading["reference"] == "graded from annotated counts"  # this manifest has no grade column
+    assert f"in {grading['accuracy']['k']} of {grading['accuracy']['n']} images" in text
+    for label in grading["confusion_matrix"]["labels"]:
+        assert html.escape(label, quote=False) in text
+
+
+def test_grading_table_escapes_labels():
+    from pipeline.reporting.html import environment, grading_section
+
+    block = {"accuracy": {"value": 0.5, "ci95": [0.1, 0.9], "k": 1, "n": 2}, "kappa": {"value": float("nan")},
+             "count_mae": 1.0, "spearman": {"value": 0.5}, "reference": "annotated grade",
+             "confusion_matrix": {"labels": ["<b>mild</b>", "severe & worse"], "counts": [[1, 1], [0, 0]]}}
+    section = grading_section(block)
+    assert "Most frequent miss: <b>mild</b> graded severe & worse (1 image)." in section["caption"]
+    template = "{% for row in g.rows %}<th>{{ row.label }}</th>{% endfor %}<p>{{ g.caption }}</p>"
+
+    text = environment().from_string(template).render(g=section)
+    assert "&lt;b&gt;mild&lt;/b&gt;" in text and "<b>" not in text and "severe &amp; worse" in text
 
 
 def test_segmentation_report_matches_metrics_and_lesion_table(segmentation_report):

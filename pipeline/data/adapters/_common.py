@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from pipeline.data.io import write_png_atomic
+from pipeline.data.io import write_instance_map, write_png_atomic
 from pipeline.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ MAX_LISTED = 5
 # Roboflow export name: the original file name with its dot turned into "_", then ".rf.<hash>".
 # `levle0_108_jpg.rf.0a1b...` -> `levle0_108` (ACNE04 photo levle0_108.jpg).
 _ROBOFLOW_STEM = re.compile(r"^(?P<original>.+)_(?:jpe?g|png|bmp)\.rf\.[0-9a-fA-F]+$", re.IGNORECASE)
+# ACNE04 photo names carry the annotated severity grade (Hayashi): `levle2_14` -> grade 2.
+_ACNE04_GRADE = re.compile(r"^levle(?P<grade>[0-3])_")
+INSTANCES_DIR = "instances"  # instance maps go to <mask_root>/instances/<image_id>.png
 
 Spec = TypeVar("Spec")
 
@@ -172,6 +175,12 @@ def acne04_original(stem: str) -> str:
     return match.group("original") if match else stem
 
 
+def acne04_grade(stem: str) -> int | str:
+    """The ACNE04 severity grade (0..3) in a photo or Roboflow export name; "" when it has none."""
+    match = _ACNE04_GRADE.match(acne04_original(stem))
+    return int(match.group("grade")) if match else ""
+
+
 # ---------------------------------------------------------------- tables
 def read_csv(path: Path, required: Iterable[str], what: str) -> pd.DataFrame:
     """Read a CSV with string columns kept as text; missing file or columns -> DataError."""
@@ -211,7 +220,7 @@ def manifest_frame(rows: list[dict[str, Any]], target: str, where: str) -> pd.Da
     if not rows:
         raise DataError(f"{where}: no images found, the manifest would be empty")
     frame = pd.DataFrame(rows)
-    first = ["image_id", "image_path", target, "group_id", "split", "source", "label_origin"]
+    first = ["image_id", "image_path", target, "instance_path", "group_id", "split", "source", "label_origin", "grade"]
     ordered = [c for c in first if c in frame.columns] + [c for c in frame.columns if c not in first]
     return frame[ordered]
 
@@ -233,17 +242,71 @@ class Ellipse:
         return (self.x1 - self.x0) * (self.y1 - self.y0)
 
 
+def render_instances(height: int, width: int, ellipses: Sequence[Ellipse]) -> tuple[np.ndarray, np.ndarray]:
+    """Label map (uint8) and instance map (int64; instance k is ``ellipses[k - 1]``) of the ellipses.
+
+    Each ellipse is filled by PIL, larger ones first, so that a small lesion lying on a large one
+    stays visible (it is drawn on top). Parts outside the image are clipped. An ellipse wholly
+    covered by smaller ones drawn later would vanish from both maps: it takes back the pixels of
+    its own ellipse that lie deeper inside it (elliptical distance from its centre) than inside
+    their current owner, so every annotation keeps pixels. Two identical annotations cannot be
+    told apart: a DataError (the caller names the file).
+    """
+    if len(ellipses) > np.iinfo(np.uint16).max:
+        raise DataError(f"{len(ellipses)} lesions in one image: instance maps hold at most 65535")
+    labels = Image.new("L", (width, height), 0)
+    instances = Image.new("I", (width, height), 0)
+    draw_labels, draw_instances = ImageDraw.Draw(labels), ImageDraw.Draw(instances)
+    # sorted() is stable, so equal areas keep their annotation order (as before instance maps)
+    for index in sorted(range(len(ellipses)), key=lambda i: ellipses[i].area, reverse=True):
+        corners = _pil_corners(ellipses[index])
+        draw_labels.ellipse(corners, fill=ellipses[index].value)
+        draw_instances.ellipse(corners, fill=index + 1)
+    label_map = np.asarray(labels, dtype=np.uint8).copy()
+    instance_map = np.asarray(instances, dtype=np.int64).copy()
+    present = np.bincount(instance_map.ravel(), minlength=len(ellipses) + 1)
+    for index in np.flatnonzero(present[1:] == 0):
+        _reclaim(label_map, instance_map, ellipses, int(index))
+    return label_map, instance_map
+
+
 def render_ellipses(height: int, width: int, ellipses: Iterable[Ellipse]) -> np.ndarray:
-    """Label map with each ellipse filled by PIL; larger ones first so that a small lesion
-    lying on a large one stays visible. Parts outside the image are clipped."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for shape in sorted(ellipses, key=lambda e: e.area, reverse=True):
-        # PIL truncates float corners (a shift of up to 1 px up-left): snap them to the nearest
-        # pixel edge instead. PIL's box includes its last pixel, hence -1; keep at least one pixel.
-        left, top, right, bottom = (round(v) for v in (shape.x0, shape.y0, shape.x1, shape.y1))
-        draw.ellipse([left, top, max(left, right - 1), max(top, bottom - 1)], fill=shape.value)
-    return np.asarray(canvas, dtype=np.uint8)
+    """Label map of the ellipses (see :func:`render_instances`)."""
+    return render_instances(height, width, list(ellipses))[0]
+
+
+def _pil_corners(shape: Ellipse) -> list[int]:
+    # PIL truncates float corners (a shift of up to 1 px up-left): snap them to the nearest
+    # pixel edge instead. PIL's box includes its last pixel, hence -1; keep at least one pixel.
+    left, top, right, bottom = (round(v) for v in (shape.x0, shape.y0, shape.x1, shape.y1))
+    return [left, top, max(left, right - 1), max(top, bottom - 1)]
+
+
+def _depth(shape: Ellipse, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Squared elliptical distance of pixel centres from the ellipse's centre (1 on its border)."""
+    cx, cy = (shape.x0 + shape.x1) / 2, (shape.y0 + shape.y1) / 2
+    rx, ry = max((shape.x1 - shape.x0) / 2, 0.5), max((shape.y1 - shape.y0) / 2, 0.5)
+    return ((cols + 0.5 - cx) / rx) ** 2 + ((rows + 0.5 - cy) / ry) ** 2
+
+
+def _reclaim(label_map: np.ndarray, instance_map: np.ndarray, ellipses: Sequence[Ellipse], index: int) -> None:
+    shape = ellipses[index]
+    own = Image.new("1", (label_map.shape[1], label_map.shape[0]), 0)
+    ImageDraw.Draw(own).ellipse(_pil_corners(shape), fill=1)
+    rows, cols = np.nonzero(np.asarray(own))
+    if rows.size == 0:  # PIL draws nothing for some one-pixel-thin boxes: keep the centre pixel
+        height, width = label_map.shape
+        rows = np.array([min(max(int((shape.y0 + shape.y1) / 2), 0), height - 1)])
+        cols = np.array([min(max(int((shape.x0 + shape.x1) / 2), 0), width - 1)])
+    owners = instance_map[rows, cols]
+    mine = _depth(shape, rows, cols)
+    theirs = np.array([_depth(ellipses[o - 1], r, c) if o else np.inf for o, r, c in zip(owners, rows, cols)])
+    take = mine < theirs
+    if not take.any():
+        raise DataError(f"annotation {index + 1} coincides with annotation {int(owners[0])}: "
+                        "two identical lesions cannot be told apart; remove the duplicate")
+    label_map[rows[take], cols[take]] = shape.value
+    instance_map[rows[take], cols[take]] = index + 1
 
 
 def type_counts(type_values: Iterable[int], classes: Sequence[str]) -> dict[str, int]:
@@ -258,6 +321,14 @@ def write_mask(mask: np.ndarray, mask_root: Path, image_id: str) -> str:
     return f"{image_id}.png"
 
 
+def write_instances(instance_map: np.ndarray, mask_root: Path, image_id: str) -> str:
+    """Write ``<mask_root>/instances/<image_id>.png`` (uint16) atomically; return the manifest's
+    instance_path (relative to mask_root, like mask_path)."""
+    relative = f"{INSTANCES_DIR}/{image_id}.png"
+    write_instance_map(instance_map, Path(mask_root) / relative)
+    return relative
+
+
 def weak_mask_row(
     image: Path,
     size: tuple[int, int],
@@ -270,18 +341,26 @@ def weak_mask_row(
     split: str,
     source: str,
     label_origin: str,
+    where: str = "",
 ) -> dict[str, Any]:
-    """Manifest row of an image whose mask is drawn from ``ellipses``; writes the mask.
-    ``size`` is the image's (height, width)."""
+    """Manifest row of an image whose mask is drawn from ``ellipses``; writes the label map and
+    the instance map (one instance per ellipse). ``size`` is the image's (height, width);
+    ``where`` names the annotation file in errors."""
     height, width = size
+    try:
+        label_map, instance_map = render_instances(height, width, ellipses)
+    except DataError as error:
+        raise DataError(f"{where or image}: {error}") from None
     return {
         "image_id": image.stem,
         "image_path": manifest_path(image, root),
-        "mask_path": write_mask(render_ellipses(height, width, ellipses), mask_root, image.stem),
+        "mask_path": write_mask(label_map, mask_root, image.stem),
+        "instance_path": write_instances(instance_map, mask_root, image.stem),
         "group_id": group_id,
         "split": split,
         "source": source,
         "label_origin": label_origin,
+        "grade": acne04_grade(image.stem),
         **type_counts([e.value for e in ellipses], classes),
     }
 

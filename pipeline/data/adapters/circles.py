@@ -6,7 +6,9 @@ COCO-like JSON: ``images`` ``{id, file_name: levleG_N.jpg, width, height}`` and 
 other folders (e.g. the Roboflow ACNE04 export) and are matched by the ACNE04 photo name
 (``levle0_108_jpg.rf.<hash>.jpg`` or ``levle0_108.jpg`` -> ``levle0_108``). Circles are rescaled
 to each image (x * W / width, y * H / height, so a circle becomes an ellipse on a stretched
-image) and drawn filled, larger first. Rows get ``label_origin = "circle-derived"``.
+image) and drawn filled, larger first; each circle is one instance of the instance map
+(``instance_path``, instance k = the photo's k-th circle), and ``grade`` is the ACNE04 grade in the
+photo name. Rows get ``label_origin = "circle-derived"``.
 
 Rescaling is only right for resize-only copies: two image files of one photo (augmented copies)
 are a DataError. Image files with no annotation entry and annotation entries with no image file
@@ -18,7 +20,7 @@ Params:
     subsets: ``{image folder: split or null}``, as in ``voc_boxes``
     class_map: ``{class_name: lesion type code}`` (ACNE04-v2 has one name, ``acne``)
     source: value of the ``source`` column (default "circles")
-Masks are written to ``mask_root/<image_id>.png``.
+Masks are written to ``mask_root/<image_id>.png``, instance maps to ``mask_root/instances/<image_id>.png``.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
         height, width = read_image_size(image)
         ellipses = circle_ellipses(photos[original], values, height, width, f"annotation file {annotation_path}")
         rows.append(weak_mask_row(image, (height, width), ellipses, classes, root, mask_root,
-                                  group_id=original, split=split, source=options.source, label_origin="circle-derived"))
+                                  group_id=original, split=split, source=options.source, label_origin="circle-derived",
+                                  where=f"annotation file {annotation_path}, photo {original!r}"))
     unannotated = sorted(str(images[o][0]) for o in set(images) - set(photos))
     log_dropped(ADAPTER, len(unannotated), "image file(s) with no entry in the annotation file", unannotated)
     unmatched = sorted(photos[o].file_name for o in set(photos) - set(images))

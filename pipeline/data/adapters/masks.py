@@ -4,7 +4,8 @@ Fits PH2 (``images/IMD003.jpg`` + ``masks/IMD003_lesion.png``), HAM10000 lesion 
 2018 Task 1 (``ISIC_x.jpg`` + ``ISIC_x_segmentation.png``). The mask of image ``<stem>.<ext>`` is
 ``mask_dir/<stem><mask_suffix><mask_ext>``. Every mask is normalised to a label map (uint8,
 0 = background, i + 1 = type i), checked against its image (same size, values in range) and
-written to ``mask_root/<image_id>.png``. Masks without an image are ignored (logged count); an
+written to ``mask_root/<image_id>.png``; its instance map (the 8-connected components of each
+lesion type) to ``mask_root/instances/<image_id>.png``. Masks without an image are ignored (logged count); an
 image without a mask is a DataError.
 
 Params:
@@ -41,8 +42,10 @@ from pipeline.data.adapters._common import (
     read_csv,
     require_dir,
     resolve,
+    write_instances,
     write_mask,
 )
+from pipeline.data.instances import components_per_type
 from pipeline.data.io import check_mask, read_image_size, read_label_map
 from pipeline.errors import ConfigError, DataError
 
@@ -134,10 +137,13 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
             "image_id": image_id,
             "image_path": manifest_path(image, root),
             "mask_path": write_mask(mask, mask_root, image_id),
+            # a mask has no annotation ids: each type's connected components are its instances
+            "instance_path": write_instances(components_per_type(mask), mask_root, image_id),
             "group_id": groups[image_id] if groups is not None else image_id,
             "split": "",
             "source": options.source,
             "label_origin": "expert",
+            "grade": "",
         })
     _unused_masks(mask_dir, used, options)
     return manifest_frame(rows, "mask_path", f"adapter {ADAPTER!r} ({image_dir})")

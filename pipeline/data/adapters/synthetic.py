@@ -24,13 +24,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.data.io import write_instance_map
 from pipeline.data.synthetic import acne, isic
 from pipeline.errors import ConfigError, DataError
 
 PARAMS_FILE = "synthetic_params.json"
 # Bump when a generator's output changes, so data drawn by an older version is not reused silently.
 GENERATOR_VERSION = 1
-IMAGES_DIR, MASKS_DIR = "images", "masks"
+IMAGES_DIR, MASKS_DIR, INSTANCES_DIR = "images", "masks", "instances"
 
 
 def build_synthetic_isic(root: Path, classes: list[str], mask_root: Path, *, scale: float = 0.2,
@@ -69,6 +70,10 @@ def build_synthetic_acne(root: Path, classes: list[str], mask_root: Path, *, n_i
 
     Images go to `root/images/`, label maps to `mask_root/masks/` (`mask_root` may be `root`).
     Extra columns `n_<type>` count the lesions of each type in the image; `group_id` is the patient.
+    Instance maps (one instance per lesion core) go to `mask_root/instances/` (`instance_path`);
+    they are derived from the plan alone, so a data set drawn before they existed gets them added
+    without redrawing anything. `grade` is left empty here: `pipeline prepare` grades synthetic rows
+    from their lesion counts with the dataset's grading thresholds.
     """
     _reject_unknown(unknown, "synthetic_acne", ("n_images", "scale", "image_size", "seed"))
     _check_classes(classes, acne.ACNE_TYPES, "synthetic_acne")
@@ -105,6 +110,10 @@ def build_synthetic_acne(root: Path, classes: list[str], mask_root: Path, *, n_i
         with tempfile.TemporaryDirectory() as scratch:
             _materialise(root, params, image_files,
                          lambda folder: write(folder / IMAGES_DIR, Path(scratch) / MASKS_DIR))
+    for plan, row in zip(plans, rows):
+        target = mask_root / row["instance_path"]
+        if not target.is_file():
+            write_instance_map(acne.instance_map(plan, params["image_size"]), target)
     return pd.DataFrame(rows)
 
 
@@ -121,8 +130,9 @@ def _isic_row(lesion: isic.LesionPlan, image_number: int) -> dict[str, Any]:
 def _acne_row(plan: acne.AcneImagePlan) -> dict[str, Any]:
     image_id = f"SYNACNE_{plan.image_index:05d}"
     row = {"image_id": image_id, "image_path": f"{IMAGES_DIR}/{image_id}.png",
-           "mask_path": f"{MASKS_DIR}/{image_id}.png", "group_id": f"SYNPATIENT_{plan.patient_index:04d}",
-           "split": "", "source": "synthetic", "label_origin": "synthetic"}
+           "mask_path": f"{MASKS_DIR}/{image_id}.png", "instance_path": f"{INSTANCES_DIR}/{image_id}.png",
+           "group_id": f"SYNPATIENT_{plan.patient_index:04d}",
+           "split": "", "source": "synthetic", "label_origin": "synthetic", "grade": ""}
     row.update({f"n_{name}": count for name, count in plan.counts().items()})
     return row
 

@@ -2,7 +2,10 @@
 
 Each box becomes a filled ellipse inscribed in it, in the label map of its lesion type (value
 ``type index + 1``); larger boxes are drawn first so that a small lesion on a large one stays
-visible. Boxes are not masks: rows get ``label_origin = "box-derived"`` and every figure computed
+visible. Every box is also one instance in the instance map (``instance_path``, uint16 PNG,
+instance k = object k of the XML), so touching or overlapping lesions stay separate lesions. The
+``grade`` column is the ACNE04 severity grade in the file name (``levle0``..``levle3``), else empty.
+Boxes are not masks: rows get ``label_origin = "box-derived"`` and every figure computed
 from them must say so. ``n_<type>`` columns count the boxes per type in each image.
 
 Box coordinates are read as continuous pixel coordinates (column i covers [i, i + 1)), so the
@@ -18,7 +21,7 @@ Params:
         ``<stem>.xml`` pairs; a non-null split is fixed in the manifest (e.g. ``test: test``)
     class_map: ``{VOC object name: lesion type code}``; an unmapped name is a DataError
     source: value of the ``source`` column (default "voc_boxes")
-Masks are written to ``mask_root/<image_id>.png``.
+Masks are written to ``mask_root/<image_id>.png``, instance maps to ``mask_root/instances/<image_id>.png``.
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ def _image_row(xml: Path, image: Path, split: str, values: dict[str, int], class
             raise DataError(f"VOC file {xml}: object {number} has name {obj.name!r}, not in class_map {sorted(values)}")
         ellipses.append(box_ellipse(obj, values[obj.name], width, height, xml, number))
     return weak_mask_row(image, (height, width), ellipses, classes, root, mask_root,
-                         group_id=acne04_original(image.stem), split=split, source=source, label_origin="box-derived")
+                         group_id=acne04_original(image.stem), split=split, source=source, label_origin="box-derived",
+                         where=f"VOC file {xml}")
 
 
 def _pairs(folder: Path) -> list[tuple[Path, Path]]:

@@ -174,6 +174,21 @@ def render_image(plan: AcneImagePlan, image_size: int, seed: int) -> tuple[np.nd
     return np.round(image * 255).astype(np.uint8), label_map
 
 
+def instance_map(plan: AcneImagePlan, image_size: int) -> np.ndarray:
+    """uint16 (H, W): 0 background, k for the core of ``plan.lesions[k - 1]``.
+
+    Drawn in the label map's order (small ones on top) from the same core ellipses, so its
+    foreground is exactly the label map's; cores never touch, so every lesion keeps all its pixels.
+    No random draw: the images and label maps are unchanged by it.
+    """
+    instances = np.zeros((image_size, image_size), dtype=np.uint16)
+    rows, cols = np.mgrid[0:image_size, 0:image_size]
+    order = sorted(range(len(plan.lesions)), key=lambda k: -plan.lesions[k].semi_major)
+    for k in order:
+        instances[_elliptical_distance(plan.lesions[k], rows, cols) <= 1.0] = k + 1
+    return instances
+
+
 def _elliptical_distance(lesion: AcneLesion, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """1 on the core ellipse's border, < 1 inside."""
     dr, dc = rows - lesion.row, cols - lesion.col

@@ -1,0 +1,195 @@
+"""Lesion instances in evaluation: splitting predicted lesions, matching against annotated
+instances, counts per type and severity grading."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage.draw import disk, ellipse
+from sklearn.metrics import cohen_kappa_score
+
+from pipeline.data.io import write_instance_map
+from pipeline.errors import DataError
+from pipeline.evaluation.instances import (
+    grade_labels,
+    grading_metrics,
+    predicted_instances,
+    reference_table,
+    segmentation_inputs,
+)
+from pipeline.evaluation.segmentation import compute_segmentation_metrics, match_lesions
+
+TYPES = ["papule", "pustule"]
+
+
+def two_touching_discs(shape=(30, 44), value=1) -> np.ndarray:
+    m = np.zeros(shape, dtype=np.uint8)
+    m[disk((15, 12), 8, shape=shape)] = value
+    m[disk((15, 27), 8, shape=shape)] = value  # centres 15 apart, radii 8: they overlap a little
+    return m
+
+
+# ---------------------------------------------------------------- splitting
+def test_two_touching_predicted_lesions_of_one_type_are_split():
+    pred = two_touching_discs()
+    instances = predicted_instances(pred)
+    assert instances.max() == 2
+    assert instances[15, 12] != instances[15, 27]
+    assert predicted_instances(pred, split_touching=False).max() == 1  # the switch in the config
+
+
+def test_elongated_lesion_and_even_strip_are_not_split():
+    m = np.zeros((30, 60), dtype=np.uint8)
+    m[ellipse(15, 30, 5, 25)] = 1
+    m[25:27, 2:58] = 2  # a 2-pixel strip: a plateau of the distance transform
+    assert predicted_instances(m).max() == 2
+
+
+def test_large_min_peak_distance_keeps_touching_lesions_together():
+    assert predicted_instances(two_touching_discs(), min_peak_distance=40).max() == 1
+
+
+def test_lesions_of_two_types_that_touch_are_two_lesions():
+    m = np.zeros((6, 6), dtype=np.uint8)
+    m[1:4, 1:3], m[1:4, 3:5] = 1, 2
+    instances = predicted_instances(m)
+    assert sorted(np.unique(instances).tolist()) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- matching and counts
+def test_touching_annotated_instances_are_matched_one_to_one():
+    true = two_touching_discs()
+    true_instances = np.where(true > 0, 1, 0)
+    true_instances[:, 20:] = np.where(true[:, 20:] > 0, 2, 0)  # split at column 20 (between the centres)
+    pred = two_touching_discs()
+    rows = match_lesions(true, pred, classes=TYPES, true_instances=true_instances,
+                         pred_instances=predicted_instances(pred))
+    assert len(rows) == 2 and all(r["matched"] for r in rows)
+    assert sorted(r["instance_id"] for r in rows) == [1, 2]
+    # the old rule (union components, no split) saw one lesion on each side
+    assert len(match_lesions(true, pred, true_instances=(true > 0).astype(int), pred_instances=(pred > 0).astype(int))) == 1
+
+
+def test_counts_per_type_equal_the_annotation():
+    true = np.zeros((20, 30), dtype=np.uint8)
+    true_instances = np.zeros((20, 30), dtype=np.int64)
+    true[2:6, 2:6], true_instances[2:6, 2:6] = 1, 1
+    true[2:6, 6:10], true_instances[2:6, 6:10] = 1, 2  # touches papule 1
+    true[2:6, 10:14], true_instances[2:6, 10:14] = 2, 3  # a pustule touching papule 2
+    true[12:16, 20:24], true_instances[12:16, 20:24] = 2, 4
+    pred = true.copy()
+    metrics, lesions, per_image = compute_segmentation_metrics(
+        [("a", true, pred, true_instances)], TYPES, n_bootstrap=100, split_touching=False)
+    row = per_image.iloc[0]
+    assert (row["n_true_papule"], row["n_true_pustule"], row["n_true"]) == (2, 2, 4)
+    # predicted: the two touching papules are one papule blob (no split asked), pustules separate
+    assert (row["n_pred_papule"], row["n_pred_pustule"]) == (1, 2)
+    assert metrics["per_class"]["papule"]["count_error"]["mae"] == 1
+    assert metrics["per_class"]["pustule"]["count_error"]["mae"] == 0
+    assert sorted(lesions["instance_id"].dropna().astype(int)) == [1, 2, 3, 4]
+
+
+def test_without_instance_map_true_lesions_are_components_per_type():
+    true = np.zeros((8, 8), dtype=np.uint8)
+    true[1:4, 1:3], true[1:4, 3:5] = 1, 2  # touching, two types
+    _, _, per_image = compute_segmentation_metrics([("a", true, true)], TYPES, n_bootstrap=100)
+    assert per_image.loc[0, "n_true"] == 2 and per_image.loc[0, "n_pred"] == 2
+
+
+def test_instance_map_disagreeing_with_label_map_names_the_image():
+    true = np.zeros((4, 4), dtype=np.uint8)
+    true[1, 1] = 1
+    instances = np.zeros((4, 4), dtype=np.int64)
+    instances[2, 2] = 1
+    with pytest.raises(DataError, match=r"image 'a'.*label-map background"):
+        compute_segmentation_metrics([("a", true, true, instances)], TYPES, n_bootstrap=100)
+
+
+# ---------------------------------------------------------------- grading
+def test_grading_block_by_hand():
+    true_counts = [0, 3, 8, 30, 60, 7]
+    pred_counts = [1, 9, 8, 25, 20, 7]
+    annotated = [0, 0, 1, 2, 3, None]  # the last one is graded from its annotated count (7 -> 1)
+    block, reference, predicted = grading_metrics(true_counts, pred_counts, annotated, n_bootstrap=200)
+    assert reference.tolist() == [0, 0, 1, 2, 3, 1]
+    assert predicted.tolist() == [0, 1, 1, 2, 1, 1]
+    assert block["accuracy"]["k"] == 4 and block["accuracy"]["n"] == 6
+    expected = cohen_kappa_score(reference, predicted, weights="quadratic", labels=[0, 1, 2, 3])
+    assert block["kappa"]["value"] == pytest.approx(expected)
+    lo, hi = block["kappa"]["ci95"]
+    assert lo <= block["kappa"]["value"] <= hi
+    assert block["confusion_matrix"]["counts"][3] == [0, 1, 0, 0]
+    assert block["count_mae"] == pytest.approx(np.mean(np.abs(np.subtract(pred_counts, true_counts))))
+    assert -1 <= block["spearman"]["value"] <= 1
+    assert block["reference"] == "annotated grade where given, else graded from annotated counts"
+
+
+def test_grading_falls_back_to_annotated_counts_without_grade_column():
+    block, reference, _ = grading_metrics([2, 10, 40], [2, 10, 40], [None] * 3, [5, 20, 50], n_bootstrap=100)
+    assert block["reference"] == "graded from annotated counts"
+    assert reference.tolist() == [0, 1, 2] and block["accuracy"]["value"] == 1
+    assert block["kappa"]["value"] == pytest.approx(1.0)
+    block, _, _ = grading_metrics([2], [2], [0], n_bootstrap=100)
+    assert block["reference"] == "annotated grade"
+
+
+def test_grade_labels():
+    assert grade_labels([5, 20, 50]) == ["0 mild (≤ 5)", "1 moderate (6–20)", "2 severe (21–50)", "3 very severe (> 50)"]
+    assert grade_labels([3]) == ["grade 0 (≤ 3)", "grade 1 (> 3)"]
+
+
+def test_grading_in_segmentation_metrics_uses_the_annotated_grades():
+    empty = np.zeros((6, 6), dtype=np.uint8)
+    one = empty.copy()
+    one[1:3, 1:3] = 1
+    samples = [("a", one, one), ("b", empty, empty)]
+    metrics, _, per_image = compute_segmentation_metrics(
+        samples, TYPES, n_bootstrap=100, grade_thresholds=[0], annotated_grades={"a": 1, "b": None})
+    assert per_image["grade_pred"].tolist() == [1, 0] and per_image["grade_true"].tolist() == [1, 0]
+    assert per_image["grade_annotated"].tolist() == [1, None]
+    assert metrics["grading"]["accuracy"]["value"] == 1 and metrics["grading"]["thresholds"] == [0]
+
+
+# ---------------------------------------------------------------- evaluate-stage inputs
+def test_segmentation_inputs_read_and_check_instance_maps(tmp_path):
+    label = np.zeros((5, 5), dtype=np.uint8)
+    label[1:3, 1:3] = 1
+    Image.fromarray(label).save(tmp_path / "a.png")
+    Image.fromarray(label).save(tmp_path / "b.png")
+    (tmp_path / "instances").mkdir()
+    write_instance_map((label > 0).astype(np.int64), tmp_path / "instances" / "a.png")
+    bad = (label > 0).astype(np.int64)
+    bad[4, 4] = 2
+    write_instance_map(bad, tmp_path / "instances" / "b.png")
+    manifest = pd.DataFrame({"image_id": ["a", "b", "c"], "instance_path": ["instances/a.png", "instances/b.png", ""],
+                             "grade": ["2", "", ""]})
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    table = reference_table(tmp_path / "m.csv", tmp_path)
+    assert table.loc["a", "grade"] == 2 and table.loc["b", "grade"] is None
+    predictions = pd.DataFrame({"image_id": ["a", "b"], "true_mask_path": [str(tmp_path / "a.png")] * 2,
+                                "pred_mask_path": ["a.png", "a.png"]})
+    samples, settings = segmentation_inputs(predictions, tmp_path, {"manifest": tmp_path / "m.csv", "mask_root": tmp_path,
+                                                                    "grading": {"thresholds": [1]}}, {})
+    assert settings["grade_thresholds"] == [1] and settings["split_touching"] is True
+    first = next(samples)
+    assert first[0] == "a" and first[3].max() == 1
+    with pytest.raises(DataError, match=r"instances/b\.png"):
+        next(samples)
+
+
+def test_bad_grade_in_manifest_names_the_row(tmp_path):
+    pd.DataFrame({"image_id": ["a"], "grade": ["mild"]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(DataError, match="row 1: grade 'mild'"):
+        reference_table(tmp_path / "m.csv", tmp_path)
+
+
+def test_annotated_grade_beyond_thresholds_is_an_error():
+    with pytest.raises(DataError, match="beyond"):
+        grading_metrics([1], [1], [5], [5, 20, 50], n_bootstrap=100)
+
+
+def test_kappa_is_null_when_every_image_has_one_grade():
+    block, _, _ = grading_metrics([1, 2], [1, 2], [None, None], n_bootstrap=100)
+    assert math.isnan(block["kappa"]["value"]) and block["accuracy"]["value"] == 1
