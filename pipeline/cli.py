@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import config as cfgmod
+from pipeline import rundir
 from pipeline.errors import DataError, PipelineError
 
 log = logging.getLogger("pipeline")
@@ -30,7 +31,7 @@ log = logging.getLogger("pipeline")
 # ------------------------------------------------------------------------------------------- helpers
 def _run_config(args) -> dict:
     if args.run_config:
-        return cfgmod.read_yaml(args.run_config)
+        return rundir.read_run_config(args.run_config)
     if not (args.config and args.experiment):
         raise PipelineError("name a run with --config and --experiment (and --seed), or with --run-config")
     config = cfgmod.load_config(args.config)
@@ -167,14 +168,17 @@ def cmd_compare(args) -> None:
         run_dirs = [Path(r) for r in args.runs]
         baselines = dict(item.split("=", 1) for item in args.baseline)
         out_dir = Path(args.out_dir)
+        n_bootstrap, bootstrap_seed = args.n_bootstrap, args.bootstrap_seed
     elif args.config:
         config = cfgmod.load_config(args.config)
         run_dirs = [cfgmod.run_dir(config, e, s) for e in config["experiments"] for s in config["seeds"]]
         baselines, out_dir = baselines_of(config), Path(config["results_dir"])
+        n_bootstrap, bootstrap_seed = config["evaluation"]["n_bootstrap"], config["evaluation"]["bootstrap_seed"]
     else:
         raise PipelineError("name the runs with --config, or with --runs/--baseline/--out-dir")
     write_comparison(run_dirs=run_dirs, baselines=baselines, out_csv=out_dir / "comparison.csv",
-                     out_html=out_dir / "comparison.html", figures_dir=out_dir / "comparison_figures")
+                     out_html=out_dir / "comparison.html", figures_dir=out_dir / "comparison_figures",
+                     n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed)
     log.info("wrote %s and %s", out_dir / "comparison.csv", out_dir / "comparison.html")
 
 
@@ -208,8 +212,8 @@ def cmd_list(args) -> None:
 
 def cmd_resolve(args) -> None:
     cfg = _run_config(args)
-    out = Path(args.out) if args.out else Path(cfg["run_dir"]) / "run.yaml"
-    cfgmod.write_yaml_atomic(cfg, out)
+    out = Path(args.out) if args.out else Path(cfg["run_dir"]) / rundir.RUN_CONFIG
+    rundir.write_run_config(cfg, out)
     log.info("wrote %s", out)
 
 
@@ -249,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", help="run folders results/<experiment>/seed<k> (instead of --config)")
     p.add_argument("--baseline", nargs="*", default=[], help="task=experiment pairs, e.g. classification=cls_ce")
     p.add_argument("--out-dir", default="results")
+    p.add_argument("--n-bootstrap", type=int, default=cfgmod.DEFAULT_EVALUATION["n_bootstrap"],
+                   help="paired-bootstrap resamples with --runs (with --config: the config's evaluation.n_bootstrap)")
+    p.add_argument("--bootstrap-seed", type=int, default=cfgmod.DEFAULT_EVALUATION["bootstrap_seed"],
+                   help="paired-bootstrap seed with --runs (with --config: the config's evaluation.bootstrap_seed)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("list", help="what can be named in a config")
     p.add_argument("what", choices=["losses", "models", "segmenters", "adapters", "samplers"])
