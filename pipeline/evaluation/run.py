@@ -1,7 +1,7 @@
 """The evaluate stage of one run: predictions -> metrics.json and its tables (data only).
 
 The figures are computed once here (pipeline.evaluation.classification / .segmentation) and
-stored in metrics.json; the report stage draws them (pipeline.reporting).
+stored in metrics.json; the report stage draws them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from pipeline import rundir
 from pipeline.data.io import read_label_map
 from pipeline.evaluation.classification import compute_classification_metrics, write_classification_tables
 from pipeline.evaluation.segmentation import compute_segmentation_metrics, write_segmentation_tables
+
+# task -> (metrics.json key of the headline figure, its name in prose)
+HEADLINE = {"classification": ("balanced_accuracy", "balanced accuracy"), "segmentation": ("mean_dice", "mean Dice")}
 
 
 def evaluate_run(cfg: rundir.RunConfig) -> dict:
