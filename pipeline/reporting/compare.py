@@ -37,7 +37,33 @@ from pipeline.evaluation import paired
 from pipeline.reporting import captions, figures
 from pipeline.reporting.html import render, scalar
 
-TASKS = ("classification", "segmentation")
+# What the comparison shows per task, in the order the sections appear. ``columns``: (column key,
+# heading, getter(metrics), higher is better, shown as a percentage), then one sensitivity column
+# per class headed ``per_class``; ``headline``: the name of the paired comparison's first statistic;
+# ``lesion_level``: per-class verdicts count lesion types, not classes.
+TASK_VIEWS: dict[str, dict[str, Any]] = {
+    "classification": {
+        "columns": [
+            ("balanced_accuracy", "Balanced accuracy", lambda m: m.get("balanced_accuracy"), True, True),
+            ("macro_auc", "Macro AUC", lambda m: m.get("macro_auc"), True, False),
+            ("ece", "ECE", lambda m: (m.get("calibration") or {}).get("ece"), False, False),
+        ],
+        "per_class": "Sensitivity",
+        "headline": "Balanced accuracy",
+        "lesion_level": False,
+    },
+    "segmentation": {
+        "columns": [
+            ("mean_dice", "Mean Dice", lambda m: m.get("mean_dice"), True, False),
+            ("mean_iou", "Mean IoU", lambda m: m.get("mean_iou"), True, False),
+            ("lesion_sensitivity", "Lesions found (any type)",
+             lambda m: (m.get("lesion_detection") or {}).get("sensitivity"), True, True),
+        ],
+        "per_class": "Lesion sensitivity",
+        "headline": "Mean Dice",
+        "lesion_level": True,
+    },
+}
 
 
 @dataclass
@@ -137,20 +163,8 @@ def resolve_baselines(
 # ---------------------------------------------------------------------------------------------
 def _metric_columns(task: str, classes: Sequence[str], names: Mapping[str, str]) -> list[tuple[str, str, Callable, bool, bool]]:
     """(column key, heading, getter(metrics), higher is better, shown as a percentage)."""
-    if task == "classification":
-        columns = [
-            ("balanced_accuracy", "Balanced accuracy", lambda m: m.get("balanced_accuracy"), True, True),
-            ("macro_auc", "Macro AUC", lambda m: m.get("macro_auc"), True, False),
-            ("ece", "ECE", lambda m: (m.get("calibration") or {}).get("ece"), False, False),
-        ]
-    else:
-        columns = [
-            ("mean_dice", "Mean Dice", lambda m: m.get("mean_dice"), True, False),
-            ("mean_iou", "Mean IoU", lambda m: m.get("mean_iou"), True, False),
-            ("lesion_sensitivity", "Lesions found (any type)",
-             lambda m: (m.get("lesion_detection") or {}).get("sensitivity"), True, True),
-        ]
-    heading = "Sensitivity" if task == "classification" else "Lesion sensitivity"
+    columns = list(TASK_VIEWS[task]["columns"])
+    heading = TASK_VIEWS[task]["per_class"]
     for code in classes:
         columns.append((f"sensitivity_{code}", f"{heading}: {names[code]}",
                         lambda m, c=code: (m["per_class"].get(c) or {}).get("sensitivity"), True, True))
@@ -222,7 +236,7 @@ def paired_differences(
     per_seed = [{"seed": r["seed"], **_difference_row(r["key"], name_of(r), r, experiment.name, baseline.name)}
                 for r in computed["per_seed"]]
     summary = captions.per_class_verdict_caption(
-        [(r["name"].split(": ", 1)[-1], r["verdict"]) for r in rows[1:]], experiment.task == "segmentation"
+        [(r["name"].split(": ", 1)[-1], r["verdict"]) for r in rows[1:]], TASK_VIEWS[experiment.task]["lesion_level"]
     )
     return {"seeds": computed["seeds"], "rows": rows, "per_seed": per_seed, "n_images": computed["n_images"], "note": "",
             "headline_caption": rows[0]["caption"], "per_class_caption": summary}
@@ -230,10 +244,8 @@ def paired_differences(
 
 def _statistic_name(experiment: Experiment, code: str | None) -> str:
     """Display name of a compared statistic: the task's headline figure, or one class's sensitivity."""
-    classification = experiment.task == "classification"
-    if code is None:
-        return "Balanced accuracy" if classification else "Mean Dice"
-    return f"{'Sensitivity' if classification else 'Lesion sensitivity'}: {experiment.class_names[code]}"
+    view = TASK_VIEWS[experiment.task]
+    return view["headline"] if code is None else f"{view['per_class']}: {experiment.class_names[code]}"
 
 
 def _difference_row(key: str, name: str, result: Mapping[str, Any], experiment: str, baseline: str) -> dict[str, Any]:
@@ -287,7 +299,7 @@ def write_comparison(
     chosen = resolve_baselines(tasks, baselines, baseline)
     sink = FigureSink(figures_dir)
     sections, csv_rows = [], []
-    for task in [t for t in TASKS if t in tasks]:
+    for task in [t for t in TASK_VIEWS if t in tasks]:
         section, rows = _task_section(task, tasks[task], chosen[task], n_bootstrap, bootstrap_seed, sink)
         sections.append(section)
         csv_rows.extend(rows)

@@ -178,11 +178,11 @@ def data_section(
     dataset = config["dataset"]
     manifest_file = Path(dataset["manifest"])
     manifest = read_manifest(manifest_file)
-    grouping = dataset.get("grouping") or dataset.get("split_grouping")
+    grouping = dataset.get("grouping")
     splits = [s for s in SPLITS if (manifest["split"] == s).any()]
     origins = _value_counts(manifest, "label_origin")
     if not origins:
-        recorded = label_origin or dataset.get("label_origin")
+        recorded = label_origin
         origins = {o.strip(): None for o in str(recorded).split(",")} if recorded else {}
     section: dict[str, Any] = {
         "dataset": str(dataset.get("name", "")),
@@ -362,7 +362,7 @@ def classification_sections(
     sink: FigureSink,
 ) -> dict[str, Any]:
     codes = list(labels)
-    highlight = (config.get("report") or {}).get("highlight_class") or ("MEL" if "MEL" in labels else None)
+    highlight = "MEL" if "MEL" in labels else None  # melanoma, the class a missed call costs most
     matrix = metrics["confusion_matrix"]
     matrix_labels = [labels.get(str(c), str(c)) for c in matrix["labels"]]
     counts = matrix["counts"]
