@@ -7,7 +7,7 @@ per-class p-values are Holm-adjusted as one family.
 
 Several seeds: the runs are paired seed by seed (the seeds both have) and the bootstrap statistic is
 the seed-averaged difference, every seed's predictions resampled with the same test images; each
-seed pair's own headline difference is returned too. Reporting (pipeline.reporting.compare) turns
+seed pair's own headline difference is returned too. The comparison report (reporting/compare.py) turns
 the results into tables, verdicts and figures.
 """
 
