@@ -7,7 +7,7 @@
     pipeline evaluate --config C --experiment E [--seed K]
     pipeline report   --config C --experiment E [--seed K]
     pipeline compare  --config C
-    pipeline list     losses|models|segmenters|adapters|samplers
+    pipeline list     losses|models|segmenters|adapters|samplers|optimizers|schedulers|tasks
 A run can also be named by its resolved config file (`--run-config results/E/seedK/run.yaml`).
 """
 
@@ -19,9 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline import config as cfgmod
+from pipeline import rundir
 from pipeline.errors import DataError, PipelineError
 
 log = logging.getLogger("pipeline")
@@ -30,7 +29,7 @@ log = logging.getLogger("pipeline")
 # ------------------------------------------------------------------------------------------- helpers
 def _run_config(args) -> dict:
     if args.run_config:
-        return cfgmod.read_yaml(args.run_config)
+        return rundir.read_run_config(args.run_config)
     if not (args.config and args.experiment):
         raise PipelineError("name a run with --config and --experiment (and --seed), or with --run-config")
     config = cfgmod.load_config(args.config)
@@ -74,25 +73,6 @@ def cmd_prepare(args) -> None:
     log.info("wrote %s (%d images, %d groups)", out, len(frame), frame["group_id"].nunique())
 
 
-def _lesion_counts(frame: pd.DataFrame, dataset: dict) -> pd.DataFrame:
-    """Lesions per type per image for stratifying a segmentation split (n_<type> columns, else the masks)."""
-    import numpy as np
-    from scipy import ndimage
-
-    from pipeline.data.io import read_label_map
-    from pipeline.data.manifest import resolve
-
-    types = list(dataset["classes"])
-    columns = [f"n_{t}" for t in types]
-    if all(c in frame.columns for c in columns):
-        return frame[columns].fillna(0).astype(int).set_axis(types, axis=1)
-    rows = []
-    for path in frame["mask_path"]:
-        mask = read_label_map(resolve(path, Path(dataset["mask_root"])))
-        rows.append([ndimage.label(mask == i + 1)[1] for i in range(len(types))])
-    return pd.DataFrame(np.asarray(rows), columns=types, index=frame.index)
-
-
 def cmd_split(args) -> None:
     from pipeline.data.manifest import read_manifest, validate_manifest, write_manifest
     from pipeline.data.splits import split_manifest
@@ -110,7 +90,9 @@ def cmd_split(args) -> None:
             )
         log.info("%s exists and matches the manifest: kept unchanged", out)
         return
-    counts = _lesion_counts(frame, dataset) if task == "segmentation" else None
+    from pipeline.tasks import TASKS
+
+    counts = TASKS.get(task).split_strata(frame, dataset)
     split = split_manifest(frame, task=task, classes=classes, fractions=dataset["split"]["fractions"],
                            seed=dataset["split"]["seed"], lesion_counts=counts)
     write_manifest(split, out)
@@ -126,32 +108,20 @@ def cmd_train(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from pipeline.training import amp_dtype_for, load_best_model, load_split, select_device
+    from pipeline.predict import predict_run
 
-    cfg = _run_config(args)
-    device = select_device(cfg["train"]["device"])
-    task, model = load_best_model(cfg, device)
-    frame = load_split(cfg)
-    test = frame[frame["split"] == args.split].reset_index(drop=True)
-    if test.empty:
-        raise DataError(f"{cfg['dataset']['manifest']}: no images in split {args.split!r}")
-    run_dir = Path(cfg["run_dir"])
-    table = task.predict(model, test, device, run_dir, amp_dtype=amp_dtype_for(device, cfg["train"]["amp"]))
-    from pipeline.data.manifest import write_manifest
-
-    write_manifest(table, run_dir / "predictions.csv")
-    log.info("wrote %s (%d %s images)", run_dir / "predictions.csv", len(table), args.split)
+    predict_run(_run_config(args), args.split)
 
 
 def cmd_evaluate(args) -> None:
-    from pipeline.evaluation.run import evaluate_run
+    from pipeline.evaluation.run import HEADLINE, evaluate_run
 
     cfg = _run_config(args)
     metrics = evaluate_run(cfg)
-    headline = metrics.get("balanced_accuracy") or metrics.get("mean_dice")
-    lo, hi = headline["ci95"]
-    log.info("wrote %s/metrics.json (%s %.3f, 95%% CI %.3f-%.3f)", cfg["run_dir"],
-             "balanced accuracy" if cfg["task"] == "classification" else "mean Dice", headline["value"], lo, hi)
+    key, label = HEADLINE[metrics["task"]]
+    lo, hi = metrics[key]["ci95"]
+    log.info("wrote %s/%s (%s %.3f, 95%% CI %.3f-%.3f)", cfg["run_dir"], rundir.METRICS, label,
+             metrics[key]["value"], lo, hi)
 
 
 def cmd_report(args) -> None:
@@ -171,14 +141,17 @@ def cmd_compare(args) -> None:
         run_dirs = [Path(r) for r in args.runs]
         baselines = dict(item.split("=", 1) for item in args.baseline)
         out_dir = Path(args.out_dir)
+        n_bootstrap, bootstrap_seed = args.n_bootstrap, args.bootstrap_seed
     elif args.config:
         config = cfgmod.load_config(args.config)
         run_dirs = [cfgmod.run_dir(config, e, s) for e in config["experiments"] for s in config["seeds"]]
         baselines, out_dir = baselines_of(config), Path(config["results_dir"])
+        n_bootstrap, bootstrap_seed = config["evaluation"]["n_bootstrap"], config["evaluation"]["bootstrap_seed"]
     else:
         raise PipelineError("name the runs with --config, or with --runs/--baseline/--out-dir")
     write_comparison(run_dirs=run_dirs, baselines=baselines, out_csv=out_dir / "comparison.csv",
-                     out_html=out_dir / "comparison.html", figures_dir=out_dir / "comparison_figures")
+                     out_html=out_dir / "comparison.html", figures_dir=out_dir / "comparison_figures",
+                     n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed)
     log.info("wrote %s and %s", out_dir / "comparison.csv", out_dir / "comparison.html")
 
 
@@ -191,29 +164,38 @@ def baselines_of(config: dict) -> dict[str, str]:
     return baselines
 
 
+# `pipeline list <what>`: the registry (or model zoo) behind each kind of name a config holds
+LISTABLE = {
+    "losses": "pipeline.losses:LOSSES",  # the package imports every loss family
+    "adapters": "pipeline.data.adapters:ADAPTERS",
+    "samplers": "pipeline.sampling:SAMPLERS",
+    "optimizers": "pipeline.optim:OPTIMIZERS",
+    "schedulers": "pipeline.optim:SCHEDULERS",
+    "tasks": "pipeline.tasks:TASKS",
+}
+
+
 def cmd_list(args) -> None:
-    if args.what == "losses":
-        from pipeline.losses import available_losses
-        items = available_losses()
-    elif args.what == "models":
+    import importlib
+
+    if args.what == "models":
         from pipeline.models import available_classifiers
         items = available_classifiers(args.pattern or "*")
     elif args.what == "segmenters":
         from pipeline.models import available_segmenters
         items = available_segmenters()
-    elif args.what == "adapters":
-        from pipeline.data.adapters import available_adapters
-        items = available_adapters()
     else:
-        from pipeline.sampling import available_samplers
-        items = available_samplers() + ["lesion_patches (segmentation)"]
+        module, name = LISTABLE[args.what].split(":")
+        items = getattr(importlib.import_module(module), name).names()
+        if args.what == "samplers":
+            items.append("lesion_patches (segmentation)")
     print("\n".join(items))
 
 
 def cmd_resolve(args) -> None:
     cfg = _run_config(args)
-    out = Path(args.out) if args.out else Path(cfg["run_dir"]) / "run.yaml"
-    cfgmod.write_yaml_atomic(cfg, out)
+    out = Path(args.out) if args.out else Path(cfg["run_dir"]) / rundir.RUN_CONFIG
+    rundir.write_run_config(cfg, out)
     log.info("wrote %s", out)
 
 
@@ -253,9 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", help="run folders results/<experiment>/seed<k> (instead of --config)")
     p.add_argument("--baseline", nargs="*", default=[], help="task=experiment pairs, e.g. classification=cls_ce")
     p.add_argument("--out-dir", default="results")
+    p.add_argument("--n-bootstrap", type=int, default=cfgmod.DEFAULT_EVALUATION["n_bootstrap"],
+                   help="paired-bootstrap resamples with --runs (with --config: the config's evaluation.n_bootstrap)")
+    p.add_argument("--bootstrap-seed", type=int, default=cfgmod.DEFAULT_EVALUATION["bootstrap_seed"],
+                   help="paired-bootstrap seed with --runs (with --config: the config's evaluation.bootstrap_seed)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("list", help="what can be named in a config")
-    p.add_argument("what", choices=["losses", "models", "segmenters", "adapters", "samplers"])
+    p.add_argument("what", choices=["models", "segmenters", *LISTABLE])
     p.add_argument("pattern", nargs="?", help="glob for models, e.g. 'resnet*'")
     p.set_defaults(func=cmd_list)
     return parser

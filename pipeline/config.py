@@ -8,6 +8,7 @@ checkpoint and is all that the train / predict / evaluate / report stages read.
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 from importlib import resources
@@ -50,6 +51,8 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_SPLIT = {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}
+DEFAULT_EVALUATION = {"n_bootstrap": 1000, "bootstrap_seed": 0, "iou_threshold": 0.1, "split_touching": True,
+                      "min_peak_distance": 3, "min_neck_depth": 1.0}
 
 
 def load_schema() -> dict:
@@ -84,13 +87,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     config.setdefault("seeds", [0])
     config.setdefault("baselines", {})
     config.setdefault("defaults", {})
-    evaluation = config.setdefault("evaluation", {})
-    evaluation.setdefault("n_bootstrap", 1000)
-    evaluation.setdefault("bootstrap_seed", 0)
-    evaluation.setdefault("iou_threshold", 0.1)
-    evaluation.setdefault("split_touching", True)
-    evaluation.setdefault("min_peak_distance", 3)
-    evaluation.setdefault("min_neck_depth", 1.0)
+    config["evaluation"] = {**DEFAULT_EVALUATION, **config.get("evaluation", {})}
     for name, dataset in config["datasets"].items():
         _dataset_defaults(name, dataset)
     for name, experiment in config["experiments"].items():
@@ -198,23 +195,81 @@ def resolve_experiment(config: dict, experiment: str, seed: int) -> dict:
 
 # Code that only evaluates or renders results: editing it must not retrain models.
 DOWNSTREAM_PACKAGES = ("evaluation", "reporting")
+# The module each downstream stage runs; its code version covers what that module imports.
+STAGE_ENTRY_MODULES = {
+    "evaluate": "pipeline.evaluation.run",
+    "report": "pipeline.reporting.html",
+    "compare": "pipeline.reporting.compare",
+}
+RESOURCE_SUFFIXES = {".yaml", ".html"}
 
 
 def code_version(stage: str = "train") -> str:
-    """Package version plus a hash of the sources a stage depends on.
+    """Package version plus a hash of the sources a stage runs; Snakemake reruns a stage when it changes.
 
-    'train' covers the package except evaluation/ and reporting/; 'evaluation' and 'reporting'
-    cover those subpackages. Snakemake reruns a stage when its version changes.
+    'train' (training and prediction) covers the package except evaluation/ and reporting/; the
+    other stages cover exactly the package modules their entry module imports, directly or not
+    (``stage_sources``), so editing a figure never reruns the evaluation.
     """
-    digest = hashlib.sha256()
     package_root = Path(__file__).resolve().parent
-    for path in sorted(package_root.rglob("*")):
-        top = path.relative_to(package_root).parts[0]
-        in_stage = top == stage if stage in DOWNSTREAM_PACKAGES else top not in DOWNSTREAM_PACKAGES
-        if in_stage and path.suffix in {".py", ".yaml", ".html"} and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(package_root)).encode())
-            digest.update(path.read_bytes())
+    if stage == "train":
+        files = [path for path in sorted(package_root.rglob("*"))
+                 if path.relative_to(package_root).parts[0] not in DOWNSTREAM_PACKAGES
+                 and path.suffix in {".py"} | RESOURCE_SUFFIXES and "__pycache__" not in path.parts]
+    elif stage in STAGE_ENTRY_MODULES:
+        files = stage_sources(STAGE_ENTRY_MODULES[stage])
+    else:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {['train', *STAGE_ENTRY_MODULES]}")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(package_root)).encode())
+        digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def stage_sources(entry_module: str) -> list[Path]:
+    """The package files ``entry_module`` runs: every pipeline module it imports (read from the
+    source, function-level imports included), their packages' __init__.py, and the templates
+    and schemas of the packages it uses."""
+    package_root = Path(__file__).resolve().parent
+    seen: set[Path] = set()
+    pending = [entry_module]
+    while pending:
+        path = _module_file(pending.pop(), package_root)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        for parent in path.relative_to(package_root).parents:
+            init = package_root / parent / "__init__.py"
+            if init.is_file() and init not in seen:
+                pending.append(_module_name(init, package_root))
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                pending += [alias.name for alias in node.names if alias.name.startswith("pipeline")]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("pipeline"):
+                # `from pipeline.x import y`: y may be a module of package x or a name defined in x.
+                pending += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "files" and node.args
+                  and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("pipeline")):
+                pending.append(node.args[0].value)  # importlib.resources.files("pipeline.schemas"): its data files
+    packages = {path.parent for path in seen if path.name == "__init__.py"}
+    resources = [path for path in package_root.rglob("*") if path.suffix in RESOURCE_SUFFIXES
+                 and next(p for p in path.parents if (p / "__init__.py").is_file()) in packages - {package_root}]
+    return sorted(seen | set(resources))
+
+
+def _module_file(module: str, package_root: Path) -> Path | None:
+    """The source file of a pipeline module (None for a name that is not a module)."""
+    base = package_root.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _module_name(path: Path, package_root: Path) -> str:
+    parts = path.relative_to(package_root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def write_yaml_atomic(data: dict, path: str | Path) -> Path:

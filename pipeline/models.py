@@ -78,6 +78,3 @@ def _existing(path: str) -> Path:
         raise ConfigError(f"pretrained_path {resolved} does not exist (weights are only loaded from a local file)")
     return resolved
 
-
-def build_model(task: str, spec: dict, num_classes: int) -> nn.Module:
-    return build_classifier(spec, num_classes) if task == "classification" else build_segmenter(spec, num_classes)

@@ -12,7 +12,7 @@ each epoch has its own deterministic order and a resumed run sees the same one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,22 +20,14 @@ import torch
 from torch.utils.data import Sampler, WeightedRandomSampler
 
 from pipeline.errors import ConfigError
+from pipeline.registry import Registry
 
 OVERSAMPLING_PRESETS: dict[str, dict[str, int]] = {
     "isic2018": {"NV": 1, "MEL": 4, "BKL": 4, "BCC": 8, "AKIEC": 10, "VASC": 22, "DF": 25},
 }
 
-# sampler name -> keys its config block may hold
-_SAMPLER_KEYS: dict[str, set[str]] = {
-    "none": {"name"},
-    "oversample": {"name", "coefficients"},
-    "class_balanced": {"name", "num_samples"},
-}
-_SAMPLERS = tuple(_SAMPLER_KEYS)
-
-
-def available_samplers() -> list[str]:
-    return sorted(_SAMPLERS)
+# name -> builder(spec, labels, classes, seed, num_replicas, rank); ``keys``: what its config block may hold
+SAMPLERS: Registry[Callable[..., Sampler[int] | None]] = Registry("sampler")
 
 
 def _seeded_generator(*entropy: int) -> torch.Generator:
@@ -135,13 +127,6 @@ class ClassBalancedSampler(WeightedRandomSampler):
         self.generator = _seeded_generator(self.seed, self.rank, _check_int("sampler epoch", epoch, low=0))
 
 
-def class_balanced_sampler(
-    labels: Sequence[int], num_samples: int | None = None, seed: int = 0
-) -> WeightedRandomSampler:
-    """Draw ``num_samples`` (default len(labels)) indices with replacement, each class equally likely."""
-    return ClassBalancedSampler(labels, num_samples, seed)
-
-
 def oversampling_coefficients(coefficients: Any, classes: list[str]) -> list[int]:
     """Coefficients in class-list order from a preset name or a {class: int} mapping."""
     if isinstance(coefficients, str):
@@ -183,22 +168,32 @@ def build_sampler(
     if not isinstance(spec, Mapping):
         raise ConfigError(f"sampler must be a mapping with a 'name', got {spec!r}")
     name = spec.get("name", "none")
-    if name not in _SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; available: {available_samplers()}")
-    allowed = _SAMPLER_KEYS[name]
+    builder = SAMPLERS.get(name)
+    allowed = {"name"} | SAMPLERS.info(name)["keys"]
     extra = sorted(set(spec) - allowed)
     if extra:
         raise ConfigError(f"sampler {name!r} got unknown key(s) {extra}; it accepts {sorted(allowed)}")
     _check_replicas(num_replicas, rank)
     _check_labels(labels, len(classes))
-    if name == "none":
-        return None
-    if name == "oversample":
-        if "coefficients" not in spec:
-            raise ConfigError(
-                f"sampler 'oversample' needs 'coefficients': a preset {sorted(OVERSAMPLING_PRESETS)} or a mapping"
-            )
-        coefficients = oversampling_coefficients(spec["coefficients"], classes)
-        return OversamplingSampler(labels, coefficients, seed, num_replicas=num_replicas, rank=rank)
+    return builder(spec, labels, classes, seed, num_replicas, rank)
+
+
+@SAMPLERS.register("none", keys=set())
+def _plain_shuffling(spec, labels, classes, seed, num_replicas, rank) -> None:
+    return None
+
+
+@SAMPLERS.register("oversample", keys={"coefficients"})
+def _oversampling(spec, labels, classes, seed, num_replicas, rank) -> OversamplingSampler:
+    if "coefficients" not in spec:
+        raise ConfigError(
+            f"sampler 'oversample' needs 'coefficients': a preset {sorted(OVERSAMPLING_PRESETS)} or a mapping"
+        )
+    coefficients = oversampling_coefficients(spec["coefficients"], classes)
+    return OversamplingSampler(labels, coefficients, seed, num_replicas=num_replicas, rank=rank)
+
+
+@SAMPLERS.register("class_balanced", keys={"num_samples"})
+def _class_balanced(spec, labels, classes, seed, num_replicas, rank) -> ClassBalancedSampler:
     num_samples = _check_int("class_balanced num_samples", spec.get("num_samples", len(labels)), low=1)
     return ClassBalancedSampler(labels, math.ceil(num_samples / num_replicas), seed, rank=rank)

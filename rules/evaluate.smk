@@ -4,14 +4,9 @@ rule evaluate:
         predictions=f"{RESULTS}/{{experiment}}/seed{{seed}}/predictions.csv",
     output:
         metrics=f"{RESULTS}/{{experiment}}/seed{{seed}}/metrics.json",
-        confusion=report(
-            f"{RESULTS}/{{experiment}}/seed{{seed}}/confusion_matrix.png",
-            category="Confusion matrices",
-            labels={"experiment": "{experiment}", "seed": "{seed}"},
-        ),
         confusion_csv=f"{RESULTS}/{{experiment}}/seed{{seed}}/confusion_matrix.csv",
     params:
-        code=pipeline_config.code_version("evaluation"),
+        code=pipeline_config.code_version("evaluate"),
     log:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/evaluate.log",
     benchmark:

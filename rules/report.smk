@@ -16,7 +16,7 @@ rule report:
             labels={"experiment": "{experiment}", "seed": "{seed}", "figure": "{figure}"},
         ),
     params:
-        code=pipeline_config.code_version("reporting"),
+        code=pipeline_config.code_version("report"),
     log:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/report.log",
     benchmark:
@@ -47,10 +47,13 @@ rule compare:
         runs=expand(f"{RESULTS}/{{experiment}}/seed{{seed}}", experiment=EXPERIMENTS, seed=SEEDS),
         baselines=compare_baselines(),
         out_dir=RESULTS,
-        code=pipeline_config.code_version("reporting"),
+        n_bootstrap=CONFIG["evaluation"]["n_bootstrap"],
+        bootstrap_seed=CONFIG["evaluation"]["bootstrap_seed"],
+        code=pipeline_config.code_version("compare"),
     log:
         "logs/compare.log",
     benchmark:
         "benchmarks/compare.tsv"
     shell:
-        "pipeline compare --runs {params.runs:q} --baseline {params.baselines:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "pipeline compare --runs {params.runs:q} --baseline {params.baselines:q} --out-dir {params.out_dir:q} "
+        "--n-bootstrap {params.n_bootstrap} --bootstrap-seed {params.bootstrap_seed} > {log:q} 2>&1"

@@ -80,8 +80,28 @@ def test_a_dataset_block_validates_on_its_own():
 
 
 def test_stage_code_versions_separate_training_from_reporting():
-    versions = {cfgmod.code_version(stage) for stage in ("train", "evaluation", "reporting")}
-    assert len(versions) == 3
+    versions = {cfgmod.code_version(stage) for stage in ("train", "evaluate", "report", "compare")}
+    assert len(versions) == 4
+    with pytest.raises(ConfigError, match="unknown stage"):
+        cfgmod.code_version("evaluation")
+
+
+@pytest.mark.parametrize("stage", sorted(cfgmod.STAGE_ENTRY_MODULES))
+def test_a_stage_code_version_covers_every_module_the_stage_imports(stage):
+    import subprocess
+    import sys
+
+    entry = cfgmod.STAGE_ENTRY_MODULES[stage]
+    code = f"import sys, {entry}; print(' '.join(m for m in sys.modules if m.startswith('pipeline')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    package_root = Path(cfgmod.__file__).resolve().parent
+    sources = {str(p.relative_to(package_root)) for p in cfgmod.stage_sources(entry)}
+    for module in loaded:
+        relative = Path(*module.split(".")[1:])
+        assert {f"{relative}.py", f"{relative}/__init__.py".lstrip("./")} & sources, f"{stage}: {module} not hashed"
+    if stage == "evaluate":  # the bug this fixed: figures drawn in evaluate but not in its code version
+        assert not any(s.startswith("reporting/") for s in sources)
+    assert not any(s.startswith(("tasks/", "models", "training", "losses/")) for s in sources)
 
 
 def test_grading_thresholds_default_to_hayashi_and_synthetic_sets_its_own():

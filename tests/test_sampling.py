@@ -8,9 +8,9 @@ from pipeline.errors import ConfigError
 from pipeline.sampling import (
     OVERSAMPLING_PRESETS,
     OversamplingSampler,
-    available_samplers,
+    SAMPLERS,
+    ClassBalancedSampler,
     build_sampler,
-    class_balanced_sampler,
 )
 
 ISIC = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
@@ -73,19 +73,19 @@ def test_bad_rank():
 
 def test_class_balanced_weights_and_draws():
     labels = [0] * 9 + [1]
-    sampler = class_balanced_sampler(labels, num_samples=4000, seed=5)
+    sampler = ClassBalancedSampler(labels, 4000, seed=5)
     assert isinstance(sampler, WeightedRandomSampler)
     assert torch.allclose(sampler.weights, torch.tensor([1 / 9] * 9 + [1.0], dtype=torch.float64))
     draws = list(sampler)
     assert len(draws) == 4000
     minority = sum(labels[i] for i in draws) / len(draws)
     assert 0.45 < minority < 0.55  # each class equally likely; 1.0 would be 10%
-    first, again = (class_balanced_sampler(labels, num_samples=50, seed=5) for _ in range(2))
+    first, again = (ClassBalancedSampler(labels, 50, seed=5) for _ in range(2))
     assert list(first) == list(again)
 
 
 def test_class_balanced_set_epoch_is_reproducible():
-    sampler = class_balanced_sampler(LABELS, seed=1)
+    sampler = ClassBalancedSampler(LABELS, None, seed=1)
     sampler.set_epoch(3)
     epoch3 = list(sampler)
     sampler.set_epoch(4)
@@ -110,7 +110,7 @@ def test_build_sampler_none_and_class_balanced():
     assert build_sampler({"name": "none"}, LABELS, ["a", "b", "c"], seed=0) is None
     sampler = build_sampler({"name": "class_balanced"}, LABELS, ["a", "b", "c"], seed=0, num_replicas=4, rank=1)
     assert len(sampler) == 2  # ceil(6 / 4)
-    assert available_samplers() == ["class_balanced", "none", "oversample"]
+    assert SAMPLERS.names() == ["class_balanced", "none", "oversample"]
 
 
 def test_build_sampler_works_in_a_dataloader():

@@ -76,23 +76,3 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch 1, optimizer step 0"):
         training.train(run, threads=1)
     assert not (tmp_path / "results/tiny_ce/seed0/training_summary.json").exists()
-
-
-def test_predictions_follow_the_contract(tmp_path):
-    run = tiny_classification_run(tmp_path)
-    training.train(run, threads=1)
-    task, model = training.load_best_model(run, torch.device("cpu"))
-    frame = training.load_split(run)
-    test = frame[frame["split"] == "test"].reset_index(drop=True)
-    table = task.predict(model, test, torch.device("cpu"), tmp_path)
-    assert list(table.columns) == ["image_id", "label", "pred", "prob_A", "prob_B", "prob_C"]
-    assert table[["prob_A", "prob_B", "prob_C"]].sum(axis=1).round(5).eq(1).all()
-    assert (table["pred"] == table[["prob_A", "prob_B", "prob_C"]].idxmax(axis=1).str[5:]).all()
-
-
-def test_a_changed_config_does_not_reuse_the_checkpoint(tmp_path):
-    run = tiny_classification_run(tmp_path)
-    training.train(run, threads=1)
-    changed = dict(run, loss={"name": "focal", "gamma": 2.0})
-    with pytest.raises(TrainingError, match="another configuration"):
-        training.load_best_model(changed, torch.device("cpu"))

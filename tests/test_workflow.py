@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,12 @@ def tiny_config() -> dict:
     }
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run Snakemake on ``workdir`` with the workflow (Snakefile, rules, package) found in ``root``."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+    if root != ROOT:
+        env["PYTHONPATH"] = f"{root}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    command = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(workdir),
                "--configfile", str(workdir / "config.yaml"), "--cores", "2", "--show-failed-logs", *args]
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
 
@@ -69,8 +73,11 @@ def test_every_stage_writes_its_outputs(finished_workflow):
         run = results / experiment / "seed0"
         for name in ("run.yaml", "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/config.yaml",
                      "training_summary.json", "predictions.csv", "metrics.json", "confusion_matrix.csv",
-                     "confusion_matrix.png", "report.html", "logs/train.log", "benchmarks/train.tsv"):
+                     "report.html", "logs/train.log", "benchmarks/train.tsv"):
             assert (run / name).is_file(), f"{experiment}: {name}"
+        confusion = "lesion_confusion_matrix.png" if experiment.startswith("seg") else "confusion_matrix_counts.png"
+        assert (run / "figures" / confusion).is_file(), experiment  # drawn by the report stage
+        assert not list(run.glob("*.png")), f"{experiment}: the evaluate stage writes data only"
     assert (results / "comparison.csv").is_file() and (results / "comparison.html").is_file()
     assert (finished_workflow / "data_manifests" / "isic_tiny.split.csv").is_file()
     weights = pd.read_csv(results / "cls_dynamical" / "seed0" / "loss_weights.csv")
@@ -97,6 +104,35 @@ def test_metrics_json_agrees_with_the_predictions_file(finished_workflow):
     assert set(predictions["image_id"]) == set(split.loc[split["split"] == "test", "image_id"])
 
 
+def dry_run_jobs(output: str) -> dict[str, int]:
+    """rule -> job count from the output of `snakemake -n --quiet rules`."""
+    return {line.split()[0]: int(line.split()[1]) for line in output.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+@pytest.mark.slow
+def test_editing_a_figure_reruns_the_reports_but_not_the_evaluation(finished_workflow, tmp_path):
+    copy = tmp_path / "workflow_copy"
+    copy.mkdir()
+    for name in ("Snakefile", "rules", "pipeline", "configs"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, copy / name)
+    (finished_workflow / "config.yaml").write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
+    unchanged = snakemake(finished_workflow, "-n", root=copy)
+    assert unchanged.returncode == 0 and "Nothing to be done" in unchanged.stdout + unchanged.stderr
+    figures = copy / "pipeline" / "reporting" / "figures.py"
+    figures.write_text(figures.read_text() + "\n# an edited figure\n")
+    dry = snakemake(finished_workflow, "-n", "--quiet", "rules", root=copy)
+    output = dry.stdout + dry.stderr
+    assert dry.returncode == 0, output
+    jobs = dry_run_jobs(output)
+    assert jobs.get("report") == 3 and jobs.get("compare") == 1, output
+    assert "evaluate" not in jobs and "train" not in jobs and "predict" not in jobs, output
+
+
 @pytest.mark.slow
 def test_rerun_is_a_no_op_and_one_changed_experiment_reruns_alone(finished_workflow):
     dry = snakemake(finished_workflow, "-n")
@@ -108,8 +144,7 @@ def test_rerun_is_a_no_op_and_one_changed_experiment_reruns_alone(finished_workf
     output = dry.stdout + dry.stderr
     assert dry.returncode == 0, output
     assert "train" in output and "resolve" in output
-    jobs = {line.split()[0]: int(line.split()[1]) for line in output.splitlines()
-            if len(line.split()) == 2 and line.split()[1].isdigit()}
+    jobs = dry_run_jobs(output)
     assert jobs.get("train") == 1 and jobs.get("predict") == 1, output
     assert "prepare" not in jobs and "split" not in jobs
 

@@ -42,12 +42,9 @@ from sklearn.metrics import (
 from torchmetrics.functional.classification import multiclass_auroc
 
 from pipeline.errors import DataError
-from pipeline.evaluation.stats import (
-    atomic_write_text,
-    bootstrap_estimates,
-    proportion,
-    write_metrics_json,
-)
+from pipeline import rundir
+from pipeline.atomic import write_text
+from pipeline.evaluation.stats import bootstrap_estimates, proportion
 
 __all__ = [
     "ClassificationInputs",
@@ -59,7 +56,6 @@ __all__ = [
     "resolve_class_names",
     "validate_predictions",
     "write_classification_tables",
-    "write_metrics_json",
 ]
 
 ECE_BINS = 15
@@ -392,9 +388,9 @@ def write_classification_tables(metrics: Mapping[str, Any], out_dir: str | os.Pa
     normalized = pd.DataFrame(np.array(block["normalized"], dtype=float),
                               index=pd.Index(labels, name="true"), columns=labels)
     return [
-        atomic_write_text(out_dir / "confusion_matrix.csv", counts.to_csv()),
-        atomic_write_text(out_dir / "confusion_matrix_normalized.csv", normalized.to_csv()),
-        atomic_write_text(out_dir / "per_class.csv", per_class_table(metrics).to_csv(index=False)),
+        write_text(out_dir / rundir.CONFUSION_MATRIX, counts.to_csv()),
+        write_text(out_dir / rundir.CONFUSION_MATRIX_NORMALIZED, normalized.to_csv()),
+        write_text(out_dir / rundir.PER_CLASS, per_class_table(metrics).to_csv(index=False)),
     ]
 
 

@@ -44,8 +44,10 @@ from sklearn.metrics import confusion_matrix, f1_score, mean_absolute_error
 from pipeline.data.instances import HAYASHI_THRESHOLDS, check_instances, components_per_type
 from pipeline.errors import DataError
 from pipeline.evaluation.classification import per_class_row, resolve_class_names
+from pipeline import rundir
+from pipeline.atomic import write_text
 from pipeline.evaluation.instances import SPLIT_RULE, annotated_grade_list, grading_metrics, predicted_instances, spearman
-from pipeline.evaluation.stats import atomic_write_text, bootstrap_estimates, bootstrap_mean, proportion
+from pipeline.evaluation.stats import bootstrap_estimates, bootstrap_mean, proportion
 
 __all__ = [
     "DICE_RULE",
@@ -477,10 +479,10 @@ def write_segmentation_tables(
                     "count_mean_signed": entry["count_error"]["mean_signed"]})
         rows.append(row)
     per_class = pd.DataFrame(rows).astype({m: float for m in _SEGMENTATION_RATES})
-    written = [atomic_write_text(out_dir / "confusion_matrix.csv", counts.to_csv()),
-               atomic_write_text(out_dir / "per_class.csv", per_class.to_csv(index=False))]
+    written = [write_text(out_dir / rundir.CONFUSION_MATRIX, counts.to_csv()),
+               write_text(out_dir / rundir.PER_CLASS, per_class.to_csv(index=False))]
     if lesions is not None:
-        written.append(atomic_write_text(out_dir / "lesions.csv", lesions.to_csv(index=False)))
+        written.append(write_text(out_dir / rundir.LESIONS, lesions.to_csv(index=False)))
     if per_image is not None:
-        written.append(atomic_write_text(out_dir / "per_image.csv", per_image.to_csv(index=False)))
+        written.append(write_text(out_dir / rundir.PER_IMAGE, per_image.to_csv(index=False)))
     return written

@@ -1,4 +1,4 @@
-"""Confidence intervals and JSON helpers shared by the classification and segmentation metrics.
+"""Confidence intervals shared by the classification and segmentation metrics.
 
 Conventions used everywhere in ``metrics.json``:
 
@@ -16,18 +16,14 @@ interval rests on fewer resamples than requested. With no valid resample the int
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.stats
 from statsmodels.stats.proportion import proportion_confint
 
-from pipeline.atomic import write_text
 
 CI_LEVEL = 0.95
 _NAN_CI = (math.nan, math.nan)
@@ -224,34 +220,3 @@ def _common_length(arrays: Sequence[np.ndarray]) -> int:
     if len(lengths) != 1:
         raise ValueError(f"paired arrays must have the same number of rows, got lengths {sorted(lengths)}")
     return lengths.pop()
-
-
-# --------------------------------------------------------------------------- JSON / files
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays unwrapped, tuples to lists, NaN/inf to ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write a {type(obj).__name__} to metrics.json: {obj!r}")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file next to ``path`` and ``os.replace`` it into place."""
-    return write_text(path, text)
-
-
-def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``metrics`` as JSON atomically; NaN becomes ``null`` (the file is strict JSON)."""
-    text = json.dumps(to_jsonable(metrics), indent=2, allow_nan=False, ensure_ascii=False)
-    return atomic_write_text(path, text + "\n")

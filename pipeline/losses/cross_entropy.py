@@ -40,7 +40,10 @@ class CrossEntropyLoss(_Loss):
         self.register_buffer("class_weight", None, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        return self.compute(logits, check_inputs(logits, target, self.num_classes, self.ignore_index))
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of inputs already checked (``check_inputs``): a composite loss checks once."""
         weight = None if self.class_weight is None else self.class_weight.to(logits.dtype)
         return F.cross_entropy(
             logits,

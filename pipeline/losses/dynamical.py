@@ -31,6 +31,7 @@ from pipeline.losses._checks import (
     valid_mask,
 )
 from pipeline.losses.registry import register_loss
+from pipeline.losses.weighting import class_priors, resolve_weights
 
 
 def check_cycle(cycle: Any, num_classes: int) -> list[int]:
@@ -81,7 +82,15 @@ class DynamicalLoss(_Loss):
         period: T >= 2, in optimizer steps.
         cycle: class (channel) indices to emphasise in turn; default all classes. For
             segmentation pass only lesion channels (1..C-1) to leave background alone.
-        final_plain_ce: if true, the last period (step >= total_steps - T) is plain CE.
+        final_plain_ce: if true, the last period (step >= total_steps - T) is plain CE (times
+            the static weights, if any).
+        weights: optional static class weights under the oscillation (a scheme of
+            pipeline.losses.weighting or a list): the loss is Gamma_{y_i}(t) * w_{y_i} * CE_i. They
+            are rescaled so that their mean over the training samples, sum_i pi_i w_i with the class
+            priors pi from ``class_counts``, is 1 (mean 1 when no counts are given), so the loss keeps
+            the scale of CE. Segmentation needs them: per pixel, background outnumbers a 5-px lesion
+            type ~1000:1 and an unweighted CE never learns it within a short schedule
+            (docs/BENCHMARKS.md, small-lesion study).
     'mean' divides by the number of non-ignored samples (pixels), not by the sum of weights.
     """
 
@@ -94,11 +103,18 @@ class DynamicalLoss(_Loss):
         period: int,
         cycle: Sequence[int] | None = None,
         final_plain_ce: bool = False,
+        weights: Any = None,
+        beta: float = 0.999,
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction=check_reduction(reduction))
         self.num_classes = num_classes
+        static = resolve_weights(weights, num_classes=num_classes, class_counts=class_counts, beta=beta)
+        if static is not None:
+            priors = class_priors(class_counts) if class_counts is not None else torch.full((num_classes,), 1.0 / num_classes)
+            static = static / (priors * static).sum()
+        self.register_buffer("static_weights", static)
         self.amplitude = check_number("amplitude", amplitude, low=1.0)
         self.period = check_int("period", period, low=2)
         self.cycle = check_cycle(cycle, num_classes)
@@ -126,6 +142,8 @@ class DynamicalLoss(_Loss):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = check_inputs(logits, target, self.num_classes, self.ignore_index)
         weights = self.current_weights().to(device=logits.device, dtype=logits.dtype)
+        if self.static_weights is not None:
+            weights = weights * self.static_weights.to(dtype=logits.dtype)
         # reduction='none' gives Gamma_{y_i} * CE_i (0 where ignored); the mean is over samples.
         loss = F.cross_entropy(logits, target, weight=weights, ignore_index=self.ignore_index, reduction="none")
         return reduce_masked(loss, valid_mask(target, self.ignore_index), self.reduction)

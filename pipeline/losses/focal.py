@@ -81,7 +81,10 @@ class FocalLoss(_Loss):
         self.register_buffer("alpha", alpha_weights, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        return self.compute(logits, check_inputs(logits, target, self.num_classes, self.ignore_index))
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of inputs already checked (``check_inputs``): a composite loss checks once."""
         valid = valid_mask(target, self.ignore_index)
         loss = softmax_focal_loss(logits, fill_ignored(target, valid), self.gamma, self.alpha)
         return reduce_masked(loss, valid, self.reduction)

@@ -115,7 +115,11 @@ class DiceLoss(_RegionLoss):
         self.region = monai.losses.DiceLoss(**self._monai_kwargs(), reduction=self.reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        score = self.region(logits, self._label_map(logits, target))
+        return self.compute(logits, self._label_map(logits, target))
+
+    def compute(self, logits: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+        """The loss of a checked (N, 1, H, W) label map (``_label_map``): a composite loss checks once."""
+        score = self.region(logits, label_map)
         return _per_class(score, self.batch) if self.reduction == "none" else score
 
 
@@ -229,12 +233,12 @@ class _DicePlusPixelLoss(_RegionLoss):
         )
 
     def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The per-pixel loss times its lambda."""
+        """The per-pixel loss times its lambda, of a checked (N, H, W) int64 target."""
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._label_map(logits, target)  # segmentation shapes only
-        return self.lambda_dice * self.dice(logits, target) + self.pixel_term(logits, target)
+        label_map = self._label_map(logits, target)  # the one input check of both terms
+        return self.lambda_dice * self.dice.compute(logits, label_map) + self.pixel_term(logits, label_map[:, 0])
 
 
 @register_loss("dice_ce", segmentation_only=True)
@@ -275,7 +279,7 @@ class DiceCELoss(_DicePlusPixelLoss):
         )
 
     def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.lambda_ce * self.ce(logits, target)
+        return self.lambda_ce * self.ce.compute(logits, target)
 
 
 @register_loss("dice_focal", segmentation_only=True)
@@ -318,7 +322,7 @@ class DiceFocalLoss(_DicePlusPixelLoss):
         )
 
     def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.lambda_focal * self.focal(logits, target)
+        return self.lambda_focal * self.focal.compute(logits, target)
 
 
 def _reduce(per_class: torch.Tensor, reduction: str) -> torch.Tensor:

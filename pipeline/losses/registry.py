@@ -1,4 +1,4 @@
-"""Loss registry (timm-style): ``@register_loss(name)`` on a loss class, ``build_loss(name, ...)`` to make one.
+"""Loss registry (``pipeline.registry``): ``@register_loss(name)`` on a loss class, ``build_loss(name, ...)`` to make one.
 
 A registered class takes keyword arguments ``num_classes``, ``class_counts`` and its own
 parameters. ``build_loss`` checks the parameter names against the class signature so that a
@@ -15,43 +15,34 @@ from typing import Any, TypeVar
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.registry import Registry
 
 TASKS = ("classification", "segmentation")
 _COMMON = ("num_classes", "class_counts")
 
 _LossClass = TypeVar("_LossClass", bound=Callable[..., nn.Module])
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_SEGMENTATION_ONLY: set[str] = set()
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
 
 
 def register_loss(name: str, *, segmentation_only: bool = False) -> Callable[[_LossClass], _LossClass]:
     """Class decorator adding a loss to the registry under ``name``."""
-
-    def decorate(factory: _LossClass) -> _LossClass:
-        if name in _REGISTRY:
-            raise ValueError(f"loss {name!r} is registered twice")
-        _REGISTRY[name] = factory
-        if segmentation_only:
-            _SEGMENTATION_ONLY.add(name)
-        return factory
-
-    return decorate
+    return LOSSES.register(name, segmentation_only=segmentation_only)
 
 
 def available_losses(task: str | None = None) -> list[str]:
     """Registered loss names, sorted; with ``task='classification'`` the segmentation-only ones are left out."""
     if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; use one of {list(TASKS)}")
-    names = sorted(_REGISTRY)
+    names = LOSSES.names()
     if task == "classification":
-        names = [name for name in names if name not in _SEGMENTATION_ONLY]
+        names = [name for name in names if not LOSSES.info(name)["segmentation_only"]]
     return names
 
 
 def loss_parameters(name: str) -> dict[str, Any]:
     """The parameters a loss accepts besides num_classes / class_counts, with their defaults
     (``inspect.Parameter.empty`` for required ones)."""
-    factory = _lookup(name)
+    factory = LOSSES.get(name)
     return {
         param.name: param.default
         for param in inspect.signature(factory).parameters.values()
@@ -74,12 +65,7 @@ def build_loss(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"loss {name!r}: num_classes must be an integer >= 2, got {num_classes!r}")
     try:
-        return _REGISTRY[name](num_classes=num_classes, class_counts=class_counts, **params)
+        return LOSSES.get(name)(num_classes=num_classes, class_counts=class_counts, **params)
     except ConfigError as err:
         raise ConfigError(f"loss {name!r}: {err}") from err
 
-
-def _lookup(name: str) -> Callable[..., nn.Module]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown loss {name!r}; available: {available_losses()}")
-    return _REGISTRY[name]

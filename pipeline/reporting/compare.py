@@ -2,7 +2,7 @@
 
 One row per experiment (mean and spread over seeds when there are several), the best value of
 each column marked, and for every experiment a paired bootstrap over test images against its
-task's baseline (``pipeline.evaluation.stats.paired_bootstrap_difference``): the difference in
+task's baseline (computed by ``pipeline.evaluation.paired``): the difference in
 balanced accuracy and in each class's sensitivity (segmentation: mean Dice and each type's
 lesion sensitivity), with its 95% CI and a plain verdict.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +29,42 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
-from sklearn.metrics import balanced_accuracy_score
-from statsmodels.stats.multitest import multipletests
 
+from pipeline import rundir
+from pipeline.atomic import write_text
 from pipeline.errors import ConfigError, DataError
-from pipeline.evaluation.classification import align_paired_predictions
-from pipeline.evaluation.stats import atomic_write_text, paired_bootstrap_difference
+from pipeline.evaluation import paired
 from pipeline.reporting import captions, figures
-from pipeline.reporting.html import load_metrics, render, scalar
+from pipeline.reporting.html import render, scalar
 
-TASKS = ("classification", "segmentation")
+# What the comparison shows per task, in the order the sections appear. ``columns``: (column key,
+# heading, getter(metrics), higher is better, shown as a percentage), then one sensitivity column
+# per class headed ``per_class``; ``headline``: the name of the paired comparison's first statistic;
+# ``lesion_level``: per-class verdicts count lesion types, not classes.
+TASK_VIEWS: dict[str, dict[str, Any]] = {
+    "classification": {
+        "columns": [
+            ("balanced_accuracy", "Balanced accuracy", lambda m: m.get("balanced_accuracy"), True, True),
+            ("macro_auc", "Macro AUC", lambda m: m.get("macro_auc"), True, False),
+            ("ece", "ECE", lambda m: (m.get("calibration") or {}).get("ece"), False, False),
+        ],
+        "per_class": "Sensitivity",
+        "headline": "Balanced accuracy",
+        "lesion_level": False,
+    },
+    "segmentation": {
+        "columns": [
+            ("mean_dice", "Mean Dice", lambda m: m.get("mean_dice"), True, False),
+            ("macro_dice", "Macro Dice", lambda m: m.get("macro_dice"), True, False),
+            ("mean_iou", "Mean IoU", lambda m: m.get("mean_iou"), True, False),
+            ("lesion_sensitivity", "Lesions found (any type)",
+             lambda m: (m.get("lesion_detection") or {}).get("sensitivity"), True, True),
+        ],
+        "per_class": "Lesion sensitivity",
+        "headline": "Mean Dice",
+        "lesion_level": True,
+    },
+}
 
 
 @dataclass
@@ -85,7 +109,7 @@ def load_runs(run_dirs: Sequence[Path]) -> dict[str, dict[str, Experiment]]:
         raise ConfigError("compare: no run directories given")
     tasks: dict[str, dict[str, Experiment]] = {}
     for run_dir in map(Path, run_dirs):
-        metrics = load_metrics(run_dir / "metrics.json")
+        metrics = rundir.read_metrics(run_dir / rundir.METRICS)
         name = str(metrics.get("experiment") or run_dir.parent.name)
         seed = _seed_of(metrics, run_dir)
         task = metrics["task"]
@@ -140,21 +164,8 @@ def resolve_baselines(
 # ---------------------------------------------------------------------------------------------
 def _metric_columns(task: str, classes: Sequence[str], names: Mapping[str, str]) -> list[tuple[str, str, Callable, bool, bool]]:
     """(column key, heading, getter(metrics), higher is better, shown as a percentage)."""
-    if task == "classification":
-        columns = [
-            ("balanced_accuracy", "Balanced accuracy", lambda m: m.get("balanced_accuracy"), True, True),
-            ("macro_auc", "Macro AUC", lambda m: m.get("macro_auc"), True, False),
-            ("ece", "ECE", lambda m: (m.get("calibration") or {}).get("ece"), False, False),
-        ]
-    else:
-        columns = [
-            ("mean_dice", "Mean Dice", lambda m: m.get("mean_dice"), True, False),
-            ("macro_dice", "Macro Dice", lambda m: m.get("macro_dice"), True, False),
-            ("mean_iou", "Mean IoU", lambda m: m.get("mean_iou"), True, False),
-            ("lesion_sensitivity", "Lesions found (any type)",
-             lambda m: (m.get("lesion_detection") or {}).get("sensitivity"), True, True),
-        ]
-    heading = "Sensitivity" if task == "classification" else "Lesion sensitivity"
+    columns = list(TASK_VIEWS[task]["columns"])
+    heading = TASK_VIEWS[task]["per_class"]
     for code in classes:
         columns.append((f"sensitivity_{code}", f"{heading}: {names[code]}",
                         lambda m, c=code: (m["per_class"].get(c) or {}).get("sensitivity"), True, True))
@@ -205,122 +216,8 @@ def _mark_best(rows: list[dict[str, Any]], columns: Sequence[tuple]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Paired bootstrap against the baseline
+# Paired bootstrap against the baseline (computed by pipeline.evaluation.paired)
 # ---------------------------------------------------------------------------------------------
-def _seed_mean(statistic: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.ndarray, np.ndarray], float]:
-    """Turn a statistic of one run's predictions into the mean over seeds (columns of ``pred``)."""
-
-    def mean_over_seeds(y_true: np.ndarray, pred: np.ndarray) -> float:
-        pred = pred.reshape(len(pred), -1)
-        values = [statistic(y_true, pred[:, s]) for s in range(pred.shape[1])]
-        return float(np.mean(values))  # NaN when undefined on this resample: skipped by the bootstrap
-
-    return mean_over_seeds
-
-
-def balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
-    """scikit-learn's balanced accuracy (mean recall over the classes present in y_true)."""
-    with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True):
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" on small resamples
-        return float(balanced_accuracy_score(y_true, pred))
-
-
-def class_sensitivity(code: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    """Recall of one class: the share of its images predicted as it, NaN when it has none.
-
-    Identical to ``sklearn.metrics.recall_score(y_true == code, pred == code)`` (checked in the
-    tests) but in numpy: it runs resamples x classes x seeds times in each comparison.
-    """
-
-    def sensitivity(y_true: np.ndarray, pred: np.ndarray) -> float:
-        positives = y_true == code
-        return float(np.mean(pred[positives] == code)) if positives.any() else math.nan
-
-    return sensitivity
-
-
-def nanmean_statistic(_: np.ndarray, values: np.ndarray) -> float:
-    """Mean of per-image scores, ignoring images where the score is undefined (NaN)."""
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else math.nan
-
-
-@dataclass
-class PairedData:
-    """Aligned test-image arrays of an experiment and its baseline: rows = images, columns = seeds.
-
-    ``truth`` holds what both runs are scored against (classification: the true class; segmentation:
-    annotated lesions per type per image), ``a`` / ``b`` what each run produced."""
-
-    image_ids: np.ndarray
-    truth: dict[str, np.ndarray]
-    a: dict[str, np.ndarray]
-    b: dict[str, np.ndarray]
-
-
-def _paired_data(experiment: Experiment, baseline: Experiment, seeds: Sequence[int]) -> PairedData:
-    task = experiment.task
-    read = _read_predictions if task == "classification" else _read_per_image
-    truth_columns = ["label"] if task == "classification" else [f"true_{c}" for c in experiment.classes]
-    output_columns = ["pred"] if task == "classification" else ["dice"] + [f"found_{c}" for c in experiment.classes]
-    a_columns: dict[str, list[np.ndarray]] = {c: [] for c in output_columns}
-    b_columns: dict[str, list[np.ndarray]] = {c: [] for c in output_columns}
-    ids, truth = None, {}
-    for seed in seeds:
-        a_run, b_run = experiment.runs[seed], baseline.runs[seed]
-        a, b = align_paired_predictions(read(a_run, experiment.classes), read(b_run, experiment.classes),
-                                        names=(str(a_run.run_dir), str(b_run.run_dir)))
-        if ids is None:
-            ids = a["image_id"].to_numpy()
-            truth = {c: a[c].to_numpy() for c in truth_columns}
-        elif not np.array_equal(ids, a["image_id"].to_numpy()):
-            raise DataError(f"{a_run.run_dir}: seed {seed} was evaluated on other test images than seed {seeds[0]}")
-        for column in truth_columns:
-            if not (np.array_equal(a[column].to_numpy(), truth[column]) and np.array_equal(b[column].to_numpy(), truth[column])):
-                raise DataError(f"{a_run.run_dir} and {b_run.run_dir}: the annotations ({column}) differ between "
-                                f"runs, so they were not scored against the same reference")
-        for column in output_columns:
-            a_columns[column].append(a[column].to_numpy())
-            b_columns[column].append(b[column].to_numpy())
-    stack = lambda cols: {k: np.column_stack(v) for k, v in cols.items()}  # noqa: E731
-    return PairedData(ids, truth, stack(a_columns), stack(b_columns))
-
-
-def _read_predictions(run: Run, classes: Sequence[str]) -> pd.DataFrame:
-    path = run.run_dir / "predictions.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: not found; the paired comparison needs each run's predictions")
-    frame = pd.read_csv(path, dtype={"image_id": str, "label": str, "pred": str}, keep_default_na=False)
-    missing = [c for c in ("image_id", "label", "pred") if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}")
-    return frame
-
-
-def _read_per_image(run: Run, classes: Sequence[str]) -> pd.DataFrame:
-    """Per test image: Dice (per_image.csv) and, per type, annotated lesions and those found with
-    the right type (counted from lesions.csv, the evaluation's own matching)."""
-    per_image_path, lesions_path = run.run_dir / "per_image.csv", run.run_dir / "lesions.csv"
-    for path in (per_image_path, lesions_path):
-        if not path.is_file():
-            raise DataError(f"{path}: not found; the paired comparison needs it (run `pipeline evaluate`)")
-    per_image = pd.read_csv(per_image_path, dtype={"image_id": str})
-    lesions = pd.read_csv(lesions_path, dtype={"image_id": str, "true_type": str, "pred_type": str})
-    for path, frame, needed in ((per_image_path, per_image, ["image_id", "dice"]),
-                                (lesions_path, lesions, ["image_id", "true_type", "pred_type", "matched"])):
-        missing = [c for c in needed if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}")
-    table = per_image[["image_id", "dice"]].set_index("image_id")
-    matched = lesions["matched"].astype(str).str.lower().isin(["true", "1"])
-    for code in classes:
-        true_of_type = lesions["true_type"] == code
-        table[f"true_{code}"] = lesions[true_of_type].groupby("image_id").size()
-        table[f"found_{code}"] = lesions[true_of_type & matched & (lesions["pred_type"] == code)].groupby("image_id").size()
-    table = table.fillna({c: 0 for c in table.columns if c != "dice"}).reset_index()
-    return table.assign(label="")  # align_paired_predictions checks labels; per-image rows have none
-
-
 def paired_differences(
     experiment: Experiment,
     baseline: Experiment,
@@ -328,52 +225,28 @@ def paired_differences(
     bootstrap_seed: int,
 ) -> dict[str, Any]:
     """Differences experiment - baseline over the seeds both have, with per-seed-pair detail."""
-    seeds = sorted(set(experiment.seeds) & set(baseline.seeds))
-    if not seeds:
+    common = sorted(set(experiment.seeds) & set(baseline.seeds))
+    if not common:
         return {"seeds": [], "rows": [], "per_seed": [], "n_images": 0, "headline_caption": "", "per_class_caption": "", "note":
                 f"no seed in common with the baseline ({experiment.seeds} vs {baseline.seeds}): not compared"}
-    data = _paired_data(experiment, baseline, seeds)
-    statistics = _comparison_statistics(experiment)
-    rows = []
-    for key, name, statistic, truth, output in statistics:
-        result = paired_bootstrap_difference(_seed_mean(statistic), data.truth[truth], data.a[output],
-                                             data.b[output], n_resamples=n_bootstrap, seed=bootstrap_seed)
-        rows.append(_difference_row(key, name, result, experiment.name, baseline.name))
-    _holm_adjust(rows[1:])  # the headline figure is one planned test; the per-class rows are a family
-    per_seed = []
-    if len(seeds) > 1:  # the headline statistic for each seed pair on its own
-        key, name, statistic, truth, output = statistics[0]
-        for i, seed in enumerate(seeds):
-            result = paired_bootstrap_difference(statistic, data.truth[truth], data.a[output][:, i],
-                                                 data.b[output][:, i], n_resamples=n_bootstrap, seed=bootstrap_seed)
-            per_seed.append({"seed": seed, **_difference_row(key, name, result, experiment.name, baseline.name)})
+    computed = paired.paired_differences(
+        experiment.task, experiment.classes, {s: r.run_dir for s, r in experiment.runs.items()},
+        {s: r.run_dir for s, r in baseline.runs.items()}, n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed)
+    name_of = lambda result: _statistic_name(experiment, result["code"])  # noqa: E731
+    rows = [_difference_row(r["key"], name_of(r), r, experiment.name, baseline.name) for r in computed["results"]]
+    per_seed = [{"seed": r["seed"], **_difference_row(r["key"], name_of(r), r, experiment.name, baseline.name)}
+                for r in computed["per_seed"]]
     summary = captions.per_class_verdict_caption(
-        [(r["name"].split(": ", 1)[-1], r["verdict"]) for r in rows[1:]], rows[0]["name"].lower().startswith("mean dice")
+        [(r["name"].split(": ", 1)[-1], r["verdict"]) for r in rows[1:]], TASK_VIEWS[experiment.task]["lesion_level"]
     )
-    return {"seeds": seeds, "rows": rows, "per_seed": per_seed, "n_images": len(data.image_ids), "note": "",
+    return {"seeds": computed["seeds"], "rows": rows, "per_seed": per_seed, "n_images": computed["n_images"], "note": "",
             "headline_caption": rows[0]["caption"], "per_class_caption": summary}
 
 
-def lesion_sensitivity(true_counts: np.ndarray, found_counts: np.ndarray) -> float:
-    """Lesion sensitivity of one type over a set of images: found with the right type / annotated
-    (the evaluation's per_class sensitivity, pooled over the resampled images)."""
-    total = float(np.sum(true_counts))
-    return float(np.sum(found_counts)) / total if total > 0 else math.nan
-
-
-def _comparison_statistics(experiment: Experiment) -> list[tuple[str, str, Callable, str, str]]:
-    """(key, name, statistic, truth column, output column) compared against the baseline."""
-    names = experiment.class_names
-    if experiment.task == "classification":
-        return [("balanced_accuracy", "Balanced accuracy", balanced_accuracy, "label", "pred")] + [
-            (f"sensitivity_{c}", f"Sensitivity: {names[c]}", class_sensitivity(c), "label", "pred")
-            for c in experiment.classes
-        ]
-    first = f"true_{experiment.classes[0]}"
-    return [("mean_dice", "Mean Dice", nanmean_statistic, first, "dice")] + [
-        (f"sensitivity_{c}", f"Lesion sensitivity: {names[c]}", lesion_sensitivity, f"true_{c}", f"found_{c}")
-        for c in experiment.classes
-    ]
+def _statistic_name(experiment: Experiment, code: str | None) -> str:
+    """Display name of a compared statistic: the task's headline figure, or one class's sensitivity."""
+    view = TASK_VIEWS[experiment.task]
+    return view["headline"] if code is None else f"{view['per_class']}: {experiment.class_names[code]}"
 
 
 def _difference_row(key: str, name: str, result: Mapping[str, Any], experiment: str, baseline: str) -> dict[str, Any]:
@@ -383,36 +256,25 @@ def _difference_row(key: str, name: str, result: Mapping[str, Any], experiment: 
     ci = result.get("ci95") or [math.nan, math.nan]
     shown = captions.is_number(diff) and all(captions.is_number(v) for v in ci)
     points = lambda v: captions.signed_points(v).replace(" points", "")  # noqa: E731
+    p_holm = result.get("p_holm")
     return {
         "key": key,
         "name": name,
         "difference": diff,
         "ci95": ci,
         "p_value": result.get("p_value"),
-        "p_holm": None,
+        "p_holm": p_holm,
         "n": result.get("n"),
         "verdict": verdict,
         "text": f"{points(diff)} ({points(ci[0])} to {points(ci[1])})" if shown else "n/a",
         "p_text": _p_text(result.get("p_value")),
-        "p_holm_text": "",
+        "p_holm_text": _p_text(p_holm) if p_holm is not None else "",
         "caption": captions.difference_caption(name, experiment, baseline, result),
     }
 
 
 def _p_text(p: Any) -> str:
     return f"{p:.3f}" if captions.is_number(p) else "n/a"
-
-
-def _holm_adjust(rows: list[dict[str, Any]]) -> None:
-    """Holm-adjusted p-values over the per-class rows (statsmodels): with one test per class, some
-    interval excludes 0 by chance alone, and the adjusted p says how much a single 'win' is worth."""
-    indices = [i for i, r in enumerate(rows) if captions.is_number(r["p_value"])]
-    if len(indices) < 2:
-        return
-    _, adjusted, _, _ = multipletests([rows[i]["p_value"] for i in indices], alpha=0.05, method="holm")
-    for i, p in zip(indices, adjusted):
-        rows[i]["p_holm"] = float(p)
-        rows[i]["p_holm_text"] = _p_text(float(p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +300,7 @@ def write_comparison(
     chosen = resolve_baselines(tasks, baselines, baseline)
     sink = FigureSink(figures_dir)
     sections, csv_rows = [], []
-    for task in [t for t in TASKS if t in tasks]:
+    for task in [t for t in TASK_VIEWS if t in tasks]:
         section, rows = _task_section(task, tasks[task], chosen[task], n_bootstrap, bootstrap_seed, sink)
         sections.append(section)
         csv_rows.extend(rows)
@@ -447,8 +309,8 @@ def write_comparison(
                   n_bootstrap=n_bootstrap, run_dirs=[str(p) for p in run_dirs])
     # Both files are complete before either is replaced, so a failure leaves the old pair intact.
     csv_text = pd.DataFrame(csv_rows).to_csv(index=False)
-    atomic_write_text(out_csv, csv_text)
-    atomic_write_text(out_html, html)
+    write_text(out_csv, csv_text)
+    write_text(out_html, html)
 
 
 def _task_section(task: str, experiments: Mapping[str, Experiment], baseline: tuple[str, str],

@@ -23,19 +23,16 @@ import pandas as pd
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import __version__
-from pipeline.atomic import write_bytes
+from pipeline import __version__, rundir
+from pipeline.atomic import write_bytes, write_text
 from pipeline.data import io
 from pipeline.data.manifest import SPLITS, read_manifest, resolve
 from pipeline.errors import DataError
-from pipeline.evaluation.stats import atomic_write_text
 from pipeline.reporting import captions, figures
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 GALLERY_SIZE = 8
 THUMBNAIL_PX = 256
-CLASSIFICATION_KEYS = ("task", "classes", "balanced_accuracy", "per_class", "confusion_matrix")
-SEGMENTATION_KEYS = ("task", "classes", "mean_dice", "per_class")
 # Per-class table columns: metrics.json key -> column heading.
 CLASS_TABLE_COLUMNS = {
     "sensitivity": "Sensitivity",
@@ -116,33 +113,10 @@ def sha256_of(path: Path) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
-def load_metrics(path: Path) -> dict[str, Any]:
-    """metrics.json, checked for the keys its task's report needs."""
-    if not path.is_file():
-        raise DataError(f"{path}: metrics file not found; run `pipeline evaluate` first")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    task = metrics.get("task") if isinstance(metrics, dict) else None
-    required = {"classification": CLASSIFICATION_KEYS, "segmentation": SEGMENTATION_KEYS}.get(task)
-    if required is None:
-        raise DataError(f"{path}: 'task' must be 'classification' or 'segmentation', got {task!r}")
-    missing = [key for key in required if key not in metrics]
-    if missing:
-        raise DataError(f"{path}: missing key(s) {missing} needed by the {task} report")
-    return metrics
-
-
-def read_predictions(path: Path, classes: Sequence[str]) -> pd.DataFrame:
+def read_classification_predictions(run_dir: Path, classes: Sequence[str]) -> pd.DataFrame:
     """predictions.csv of a classification run, checked against the class list."""
-    if not path.is_file():
-        raise DataError(f"{path}: predictions file not found; run `pipeline predict` first")
-    frame = pd.read_csv(path, dtype={"image_id": str, "label": str, "pred": str}, keep_default_na=False)
-    needed = ["image_id", "label", "pred"] + [f"prob_{c}" for c in classes]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; expected {needed}")
+    frame = rundir.read_predictions(run_dir, rundir.prediction_columns("classification", classes))
+    path = Path(run_dir) / rundir.PREDICTIONS
     for column in ("label", "pred"):
         unknown = sorted(set(frame[column]) - set(classes))
         if unknown:
@@ -204,11 +178,11 @@ def data_section(
     dataset = config["dataset"]
     manifest_file = Path(dataset["manifest"])
     manifest = read_manifest(manifest_file)
-    grouping = dataset.get("grouping") or dataset.get("split_grouping")
+    grouping = dataset.get("grouping")
     splits = [s for s in SPLITS if (manifest["split"] == s).any()]
     origins = _value_counts(manifest, "label_origin")
     if not origins:
-        recorded = label_origin or dataset.get("label_origin")
+        recorded = label_origin
         origins = {o.strip(): None for o in str(recorded).split(",")} if recorded else {}
     section: dict[str, Any] = {
         "dataset": str(dataset.get("name", "")),
@@ -388,7 +362,7 @@ def classification_sections(
     sink: FigureSink,
 ) -> dict[str, Any]:
     codes = list(labels)
-    highlight = (config.get("report") or {}).get("highlight_class") or ("MEL" if "MEL" in labels else None)
+    highlight = "MEL" if "MEL" in labels else None  # melanoma, the class a missed call costs most
     matrix = metrics["confusion_matrix"]
     matrix_labels = [labels.get(str(c), str(c)) for c in matrix["labels"]]
     counts = matrix["counts"]
@@ -602,12 +576,8 @@ def _lesion_caption(code: str, labels: Mapping[str, str], stats: Mapping[str, An
 def _overlays(predictions: pd.DataFrame, run_dir: Path, manifest: pd.DataFrame, config: Mapping[str, Any],
               labels: Mapping[str, str], sink: FigureSink) -> dict[str, str] | None:
     """Best, median and worst test images by the evaluation's per-image Dice (per_image.csv)."""
-    per_image_path = run_dir / "per_image.csv"
-    if not per_image_path.is_file():
-        raise DataError(f"{per_image_path}: per-image table not found; run `pipeline evaluate` first")
-    table = pd.read_csv(per_image_path, dtype={"image_id": str})
-    if "dice" not in table.columns:
-        raise DataError(f"{per_image_path}: no 'dice' column")
+    per_image_path = run_dir / rundir.PER_IMAGE
+    table = rundir.read_table(per_image_path, ["image_id", "dice"], produced_by="pipeline evaluate")
     table = table.dropna(subset=["dice"]).sort_values(["dice", "image_id"], ascending=[False, True])
     if table.empty:
         return None
@@ -625,7 +595,7 @@ def _overlays(predictions: pd.DataFrame, run_dir: Path, manifest: pd.DataFrame, 
             raise DataError(f"{per_image_path}: image {image_id!r} is not in the manifest {dataset['manifest']}")
         image = io.read_rgb(resolve(images[image_id], root))
         true_mask = io.read_label_map(resolve(true_masks[image_id], mask_root))
-        pred_mask = io.read_label_map(run_dir / pred_masks.get(image_id, f"masks/{image_id}.png"))
+        pred_mask = io.read_label_map(run_dir / pred_masks.get(image_id, f"{rundir.MASK_DIR}/{image_id}.png"))
         dice = float(pick["dice"])
         cases.append(figures.OverlayCase(f"{which.capitalize()}: {image_id} (Dice {dice:.2f})", image, true_mask, pred_mask))
         texts.append(captions.overlay_caption(which, image_id, dice))
@@ -638,7 +608,7 @@ def _overlays(predictions: pd.DataFrame, run_dir: Path, manifest: pd.DataFrame, 
 # Provenance and entry point
 # ---------------------------------------------------------------------------------------------
 def provenance(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    checkpoint = run_dir / "checkpoints" / "best.pt"
+    checkpoint = run_dir / rundir.BEST_CHECKPOINT
     manifest = Path(config["dataset"]["manifest"])
     plain = json.loads(json.dumps(config, default=str))  # Paths and the like as strings
     return {
@@ -650,8 +620,8 @@ def provenance(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         "checkpoint_sha256": sha256_of(checkpoint) or "not found",
         "manifest": str(manifest),
         "manifest_sha256": sha256_of(manifest) or "not found",
-        "metrics_sha256": sha256_of(run_dir / "metrics.json") or "not found",
-        "predictions_sha256": sha256_of(run_dir / "predictions.csv") or "not found",
+        "metrics_sha256": sha256_of(run_dir / rundir.METRICS) or "not found",
+        "predictions_sha256": sha256_of(run_dir / rundir.PREDICTIONS) or "not found",
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "config_yaml": yaml.safe_dump(plain, sort_keys=False, allow_unicode=True),
     }
@@ -671,8 +641,8 @@ def write_experiment_report(
     every figure is also written there as a PNG (for Snakemake's ``report()``).
     """
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics = load_metrics(metrics_path)
+    metrics_path = run_dir / rundir.METRICS
+    metrics = rundir.read_metrics(metrics_path)
     task = metrics["task"]
     if config.get("task") and config["task"] != task:
         raise DataError(f"{metrics_path}: task {task!r} but the config's task is {config['task']!r}")
@@ -688,30 +658,20 @@ def write_experiment_report(
         "sampler": _component(config.get("sampler")),
     }
     if task == "classification":
-        predictions = read_predictions(run_dir / "predictions.csv", list(labels))
+        predictions = read_classification_predictions(run_dir, list(labels))
         context["data"], manifest = data_section(config, task, labels, sink)
         context["classification"] = classification_sections(metrics, predictions, manifest, config, labels, sink)
         context["segmentation"] = None
     else:
-        predictions = _read_table(run_dir / "predictions.csv", ["image_id"])
+        predictions = rundir.read_predictions(run_dir)
         lesion_counts = {c: int(scalar(metrics["per_class"].get(c, {}).get("support")) or 0) for c in labels}
         context["data"], manifest = data_section(config, task, labels, sink, lesion_counts, metrics.get("label_origin"))
         context["segmentation"] = segmentation_sections(metrics, predictions, run_dir, manifest, config, labels, sink)
         context["classification"] = None
     context["provenance"] = provenance(run_dir, config)
     html = render("experiment.html", **context)
-    atomic_write_text(out_path, html)
+    write_text(out_path, html)
     return Path(out_path)
-
-
-def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run `pipeline predict` first")
-    frame = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}")
-    return frame
 
 
 def _component(entry: Any) -> str:

@@ -1,15 +1,13 @@
-"""Task-specific parts behind one small interface used by the single trainer (pipeline.training)."""
+"""Task-specific parts behind one interface (``pipeline.tasks.base.Task``), registered by name."""
 
 from __future__ import annotations
 
-from pipeline.errors import ConfigError
+from pipeline.registry import Registry
+
+# name -> Task class; each task module registers its class with @TASKS.register(name)
+TASKS: Registry = Registry("task", modules=["pipeline.tasks.classification", "pipeline.tasks.segmentation"])
 
 
 def get_task(cfg: dict):
-    from pipeline.tasks.classification import ClassificationTask
-    from pipeline.tasks.segmentation import SegmentationTask
-
-    tasks = {"classification": ClassificationTask, "segmentation": SegmentationTask}
-    if cfg["task"] not in tasks:
-        raise ConfigError(f"unknown task {cfg['task']!r}; tasks are {sorted(tasks)}")
-    return tasks[cfg["task"]](cfg)
+    """The task object of one run config."""
+    return TASKS.get(cfg["task"])(cfg)

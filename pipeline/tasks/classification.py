@@ -15,9 +15,13 @@ from pipeline.data.manifest import class_counts
 from pipeline.data.transforms import classification_transform
 from pipeline.models import build_classifier
 from pipeline.sampling import build_sampler
+from pipeline.tasks import TASKS
 
 
+@TASKS.register("classification")
 class ClassificationTask:
+    """One label per image: a timm backbone, softmax probabilities (see pipeline.tasks.base.Task)."""
+
     name = "classification"
     score_name = "balanced_accuracy"
 
@@ -29,6 +33,10 @@ class ClassificationTask:
     @property
     def num_outputs(self) -> int:
         return len(self.classes)
+
+    @staticmethod
+    def split_strata(frame: pd.DataFrame, dataset: dict) -> None:
+        return None  # the label column is what the splitter stratifies on
 
     def build_model(self) -> torch.nn.Module:
         return build_classifier(self.cfg["model"], self.num_outputs)

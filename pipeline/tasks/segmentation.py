@@ -15,12 +15,19 @@ import torch
 from scipy import ndimage
 
 from pipeline.data.datasets import PatchDataset, SegmentationImages, patch_ratios
-from pipeline.data.io import write_png_atomic
+from pipeline.data.io import read_label_map, write_png_atomic
 from pipeline.data.transforms import normalise_image
+from pipeline.data.manifest import resolve
 from pipeline.models import build_segmenter
+from pipeline.rundir import MASK_DIR
+from pipeline.tasks import TASKS
 
 
+@TASKS.register("segmentation")
 class SegmentationTask:
+    """A label map per image: an SMP model trained on patches, predicted by sliding window
+    (see pipeline.tasks.base.Task)."""
+
     name = "segmentation"
     score_name = "macro_dice"
 
@@ -34,6 +41,20 @@ class SegmentationTask:
     @property
     def num_outputs(self) -> int:
         return len(self.types) + 1  # background is channel 0
+
+    @staticmethod
+    def split_strata(frame: pd.DataFrame, dataset: dict) -> pd.DataFrame:
+        """Lesions per type per image: the manifest's n_<type> columns when all are there, else
+        counted from the masks."""
+        types = list(dataset["classes"])
+        columns = [f"n_{t}" for t in types]
+        if all(c in frame.columns for c in columns):
+            return frame[columns].fillna(0).astype(int).set_axis(types, axis=1)
+        rows = []
+        for path in frame["mask_path"]:
+            mask = read_label_map(resolve(path, Path(dataset["mask_root"])))
+            rows.append([ndimage.label(mask == i + 1)[1] for i in range(len(types))])
+        return pd.DataFrame(np.asarray(rows), columns=types, index=frame.index)
 
     def build_model(self) -> torch.nn.Module:
         return build_segmenter(self.cfg["model"], self.num_outputs)
@@ -92,18 +113,13 @@ class SegmentationTask:
 
     def predict(self, model, frame, device, run_dir: Path, num_workers=0, amp_dtype=None) -> pd.DataFrame:
         """Writes masks/<image_id>.png; the table lists each image's predicted and true label map."""
-        mask_dir = Path(run_dir) / "masks"
+        mask_dir = Path(run_dir) / MASK_DIR
         rows = []
         for (image_id, _, pred), true_path in zip(self.label_maps(model, frame, device, amp_dtype), frame["mask_path"]):
             write_png_atomic(pred, mask_dir / f"{image_id}.png")
-            rows.append({"image_id": image_id, "pred_mask_path": f"masks/{image_id}.png",
-                         "true_mask_path": str(_resolve(true_path, self.mask_root))})
+            rows.append({"image_id": image_id, "pred_mask_path": f"{MASK_DIR}/{image_id}.png",
+                         "true_mask_path": str(resolve(true_path, self.mask_root))})
         return pd.DataFrame(rows)
-
-
-def _resolve(path: str, root: Path) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else root / candidate
 
 
 def remove_small_lesions(labels: np.ndarray, min_area: int) -> np.ndarray:

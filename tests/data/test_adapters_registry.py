@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.adapters import available_adapters, get_adapter
+from pipeline.data.adapters import ADAPTERS, get_adapter
 from pipeline.data.adapters import folder, ham10000
 from pipeline.errors import ConfigError
 
@@ -10,7 +10,7 @@ BUILT_IN = ["isic2018", "ham10000", "folder", "voc_boxes", "circles", "masks"]
 
 
 def test_available_adapters_lists_all_sorted() -> None:
-    names = available_adapters()
+    names = ADAPTERS.names()
     assert names == sorted(names)
     assert set(BUILT_IN) | {"synthetic_isic", "synthetic_acne"} == set(names)
 

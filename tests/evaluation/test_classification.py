@@ -16,8 +16,8 @@ from pipeline.evaluation.classification import (
     operating_points,
     per_class_auc,
     write_classification_tables,
-    write_metrics_json,
 )
+from pipeline.rundir import write_metrics as write_metrics_json
 from tests.evaluation.test_stats import wilson_by_hand
 
 CLASSES = ["A", "B", "C"]

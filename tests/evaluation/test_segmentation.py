@@ -17,7 +17,7 @@ from pipeline.evaluation.segmentation import (
     pixel_scores,
     write_segmentation_tables,
 )
-from pipeline.evaluation.stats import write_metrics_json
+from pipeline.rundir import write_metrics as write_metrics_json
 from tests.evaluation.test_stats import wilson_by_hand
 
 TYPES = ["papule", "pustule"]

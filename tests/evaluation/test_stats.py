@@ -13,10 +13,10 @@ from pipeline.evaluation.stats import (
     paired_bootstrap_difference,
     percentile_ci,
     proportion,
-    to_jsonable,
     wilson_ci,
-    write_metrics_json,
 )
+from pipeline.rundir import to_jsonable
+from pipeline.rundir import write_metrics as write_metrics_json
 
 
 def wilson_by_hand(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:

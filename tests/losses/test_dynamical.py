@@ -5,6 +5,7 @@ import torch
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import build_loss, dynamical_weights
+from pipeline.losses.dynamical import DynamicalLoss
 
 C, A, T = 3, 3.0, 8
 
@@ -86,3 +87,23 @@ def test_bad_config(params, message):
     kwargs = {"amplitude": A, "period": T, **params}
     with pytest.raises(ConfigError, match=message):
         build_loss("dynamical", num_classes=C, **kwargs)
+
+
+def test_static_weights_sit_under_the_oscillation_and_keep_the_ce_scale():
+    counts = [900.0, 90.0, 10.0]
+    plain = DynamicalLoss(num_classes=3, amplitude=3.0, period=4)
+    weighted = DynamicalLoss(num_classes=3, class_counts=counts, amplitude=3.0, period=4, weights="sqrt")
+    static = weighted.static_weights
+    # sqrt(M / m_i), rescaled so the prior-weighted mean is 1
+    raw = torch.sqrt(torch.tensor(sum(counts)) / torch.tensor(counts))
+    priors = torch.tensor(counts) / sum(counts)
+    assert torch.allclose(static, raw / (priors * raw).sum())
+    assert float((priors * static).sum()) == pytest.approx(1.0)
+    logits, target = torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+    for loss in (plain, weighted):
+        loss.set_step(1, 100)
+    per_sample_plain = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    gamma = plain.current_weights()
+    expected = (gamma[target] * static[target] * per_sample_plain).mean()
+    assert torch.allclose(weighted(logits, target), expected)
+    assert torch.allclose(plain(logits, target), (gamma[target] * per_sample_plain).mean())

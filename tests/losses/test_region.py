@@ -102,3 +102,22 @@ def test_focal_tversky_gradient_finite_on_perfect_saturated_prediction():
     value = build_loss("focal_tversky", num_classes=3)(logits, target)
     value.backward()
     assert math.isfinite(value.item()) and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice_focal"])
+def test_a_composite_loss_checks_its_inputs_once_per_forward(name, monkeypatch):
+    from pipeline.losses import _checks, cross_entropy, focal, region
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return _checks.check_inputs(*args, **kwargs)
+
+    for module in (region, cross_entropy, focal):
+        monkeypatch.setattr(module, "check_inputs", counting)
+    loss = build_loss(name, num_classes=3)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    loss(logits, target)
+    assert len(calls) == 1

@@ -91,4 +91,4 @@ def test_register_loss_adds_and_refuses_duplicates():
         with pytest.raises(ValueError, match="registered twice"):
             register_loss("_test_constant")(ConstantLoss)
     finally:
-        registry._REGISTRY.pop("_test_constant")
+        registry.LOSSES._entries.pop("_test_constant")

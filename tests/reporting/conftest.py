@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.evaluation.classification import compute_classification_metrics
-from pipeline.evaluation.stats import write_metrics_json
+from pipeline.rundir import write_metrics as write_metrics_json
 
 ISIC_CLASSES = {
     "MEL": "Melanoma",

@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.data.adapters import ADAPTERS
 from pipeline.data.adapters._common import (
     Ellipse,
     acne04_original,
@@ -135,6 +136,7 @@ def circle_ellipses(photo: Photo, values: dict[str, int], height: int, width: in
     return ellipses
 
 
+@ADAPTERS.register("circles")
 def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.DataFrame:
     """Segmentation manifest with masks from ACNE04-v2 circles (see module docstring)."""
     options = parse_params(CirclesParams, params, ADAPTER)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.data.adapters import ADAPTERS
 from pipeline.data.adapters._common import (
     check_classes,
     check_type_map,
@@ -61,6 +62,7 @@ def _class_folders(image_dir: Path, classes: list[str], folder_map: dict | None)
     return folders
 
 
+@ADAPTERS.register("folder")
 def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.DataFrame:
     """Classification manifest from class folders (see module docstring)."""
     options = parse_params(FolderParams, params, ADAPTER)

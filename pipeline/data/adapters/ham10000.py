@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.data.adapters import ADAPTERS
 from pipeline.data.adapters._common import (
     check_classes,
     check_type_map,
@@ -85,6 +86,7 @@ def _check_ids(metadata: pd.DataFrame, path: Path) -> None:
         raise DataError(f"metadata {path}: image_id {metadata.at[index, 'image_id']!r} is repeated at line {csv_row(index)}")
 
 
+@ADAPTERS.register("ham10000")
 def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.DataFrame:
     """Classification manifest from HAM10000 metadata and images (see module docstring)."""
     options = parse_params(Ham10000Params, params, ADAPTER)

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.data.adapters import ADAPTERS
 from pipeline.data.adapters._common import (
     check_classes,
     check_split,
@@ -169,6 +170,7 @@ def _check_dx(labels: pd.DataFrame, metadata: pd.DataFrame) -> None:
         )
 
 
+@ADAPTERS.register("isic2018")
 def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.DataFrame:
     """Classification manifest from ISIC 2018 Task 3 ground-truth CSVs (see module docstring)."""
     options = parse_params(Isic2018Params, params, ADAPTER)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.data.adapters import ADAPTERS
 from pipeline.data.adapters._common import (
     check_classes,
     check_mask_root,
@@ -105,6 +106,7 @@ def _images(image_dir: Path, mask_dir: Path, options: MasksParams) -> dict[str, 
     return {stem: path for stem, path in images.items() if not path.name.endswith(mask_name)}
 
 
+@ADAPTERS.register("masks")
 def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.DataFrame:
     """Segmentation manifest from image + mask folders (see module docstring)."""
     options = parse_params(MasksParams, params, ADAPTER)

@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.data.io import write_instance_map
+from pipeline.data.adapters import ADAPTERS
 from pipeline.data.synthetic import acne, isic
 from pipeline.errors import ConfigError, DataError
 
@@ -34,6 +35,7 @@ GENERATOR_VERSION = 1
 IMAGES_DIR, MASKS_DIR, INSTANCES_DIR = "images", "masks", "instances"
 
 
+@ADAPTERS.register("synthetic_isic")
 def build_synthetic_isic(root: Path, classes: list[str], mask_root: Path, *, scale: float = 0.2,
                          image_size: int = 64, seed: int = 0, **unknown: Any) -> pd.DataFrame:
     """ISIC-style 7-class dermoscopy images (about 2,000 at the default scale), one row per image.
@@ -63,6 +65,7 @@ def build_synthetic_isic(root: Path, classes: list[str], mask_root: Path, *, sca
     return pd.DataFrame(rows)
 
 
+@ADAPTERS.register("synthetic_acne")
 def build_synthetic_acne(root: Path, classes: list[str], mask_root: Path, *, n_images: int = 120,
                          scale: float = 0.2, image_size: int = 128, seed: int = 0,
                          **unknown: Any) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.data.adapters import ADAPTERS
 from pipeline.data.adapters._common import (
     Ellipse,
     acne04_original,
@@ -145,6 +146,7 @@ def _pairs(folder: Path) -> list[tuple[Path, Path]]:
     return [(xmls[stem], images[stem]) for stem in sorted(xmls)]
 
 
+@ADAPTERS.register("voc_boxes")
 def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.DataFrame:
     """Segmentation manifest with ellipse masks from VOC boxes (see module docstring)."""
     options = parse_params(VocBoxesParams, params, ADAPTER)

@@ -152,12 +152,6 @@ def _find_free_spot(lesions: list[AcneLesion], type_index: int, semi_major: floa
 # --------------------------------------------------------------------------- drawing
 
 
-def core_mask(lesion: AcneLesion, image_size: int) -> np.ndarray:
-    """Bool (H, W): pixels whose centre lies inside the lesion's core ellipse."""
-    rows, cols = np.mgrid[0:image_size, 0:image_size]
-    return _elliptical_distance(lesion, rows, cols) <= 1.0
-
-
 def render_image(plan: AcneImagePlan, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 (H, W, 3) and label map uint8 (H, W) (0 background, i + 1 for ACNE_TYPES[i])."""
     patient = _sample_patient(_rng(seed, _PATIENT_STREAM, plan.patient_index))

@@ -1,0 +1,70 @@
+"""Optimizers and learning-rate schedules by name (``train.optimizer`` / ``train.scheduler`` blocks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pipeline.registry import Registry
+
+sched = torch.optim.lr_scheduler
+
+# name -> factory(spec, params) -> optimizer
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+# name -> factory(spec, optimizer, steps_per_epoch, total_steps, warmup_steps) -> per-step schedule.
+# ``warmup=True``: the trainer puts a linear warm-up in front; onecycle has its own.
+SCHEDULERS: Registry[Callable[..., sched.LRScheduler]] = Registry("scheduler")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(spec: dict, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=spec.get("momentum", 0.9), weight_decay=weight_decay,
+                           nesterov=spec.get("nesterov", False))
+
+
+@OPTIMIZERS.register("adam")
+def _adam(spec: dict, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(spec: dict, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def build_optimizer(spec: dict, params) -> torch.optim.Optimizer:
+    factory = OPTIMIZERS.get(spec["name"])
+    return factory(spec, params, lr=spec.get("lr", 1e-3), weight_decay=spec.get("weight_decay", 0.0))
+
+
+@SCHEDULERS.register("none", warmup=True)
+def _constant(spec, optimizer, steps_per_epoch: int, total: int, warmup: int):
+    return sched.LambdaLR(optimizer, lambda step: 1.0)
+
+
+@SCHEDULERS.register("cosine", warmup=True)
+def _cosine(spec, optimizer, steps_per_epoch: int, total: int, warmup: int):
+    return sched.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
+
+
+@SCHEDULERS.register("step", warmup=True)
+def _step(spec, optimizer, steps_per_epoch: int, total: int, warmup: int):
+    return sched.StepLR(optimizer, step_size=spec.get("step_size", 10) * steps_per_epoch, gamma=spec.get("gamma", 0.1))
+
+
+@SCHEDULERS.register("onecycle", warmup=False)
+def _onecycle(spec, optimizer, steps_per_epoch: int, total: int, warmup: int):
+    return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total, 1))
+
+
+def build_scheduler(spec: dict, optimizer, steps_per_epoch: int, epochs: int):
+    """A per-optimizer-step schedule (so it resumes exactly with the step count)."""
+    factory = SCHEDULERS.get(spec["name"])
+    total = steps_per_epoch * epochs
+    warmup = min(spec.get("warmup_epochs", 0) * steps_per_epoch, max(total - 1, 0))
+    main = factory(spec, optimizer, steps_per_epoch, total, warmup)
+    if warmup == 0 or not SCHEDULERS.info(spec["name"])["warmup"]:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])

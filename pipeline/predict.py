@@ -1,0 +1,45 @@
+"""The predict stage of one run: the best checkpoint's predictions on a split -> predictions.csv."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline import rundir
+from pipeline.errors import DataError, TrainingError
+from pipeline.tasks import get_task
+from pipeline.tasks.base import Task
+from pipeline.training import amp_dtype_for, fingerprint, load_split, select_device
+
+log = logging.getLogger("pipeline.predict")
+
+
+def load_best_model(cfg: dict, device: torch.device) -> tuple[Task, torch.nn.Module]:
+    """The model selected on the validation split, with its task object."""
+    task = get_task(cfg)
+    path = Path(cfg["run_dir"]) / rundir.BEST_CHECKPOINT
+    if not path.is_file():
+        raise TrainingError(f"{path} does not exist: run `pipeline train` for {cfg['experiment']} seed {cfg['seed']} first")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    if checkpoint.get("fingerprint") != fingerprint(cfg, with_code=False):
+        raise TrainingError(f"{path} was trained with another configuration; retrain this run")
+    model = task.build_model()
+    model.load_state_dict(checkpoint["model"])
+    return task, model.to(device).eval()
+
+
+def predict_run(cfg: dict, split: str = "test") -> Path:
+    """Predict ``split`` with the run's best model; writes predictions.csv (and the task's files)."""
+    device = select_device(cfg["train"]["device"])
+    task, model = load_best_model(cfg, device)
+    frame = load_split(cfg)
+    images = frame[frame["split"] == split].reset_index(drop=True)
+    if images.empty:
+        raise DataError(f"{cfg['dataset']['manifest']}: no images in split {split!r}")
+    run_dir = Path(cfg["run_dir"])
+    table = task.predict(model, images, device, run_dir, amp_dtype=amp_dtype_for(device, cfg["train"]["amp"]))
+    path = rundir.write_predictions(table, run_dir)
+    log.info("wrote %s (%d %s images)", path, len(table), split)
+    return path

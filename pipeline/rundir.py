@@ -1,0 +1,194 @@
+"""The run-directory contract: what one run (results/<experiment>/seed<k>/) holds, and the one
+reader and one writer for each file that more than one stage reads.
+
+Every stage imports its file names from here, so a name or a column changes in one place. This
+module sits below every layer (evaluation, reporting, training and the CLI all import it), so it
+depends on nothing of the package but ``atomic`` and ``errors``. docs/ARCHITECTURE.md describes
+each file's columns and the run config's fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline.atomic import atomic_path, write_text
+from pipeline.errors import ConfigError, DataError
+
+# Files of one run, relative to its folder.
+RUN_CONFIG = "run.yaml"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_CONFIG = f"{CHECKPOINT_DIR}/config.yaml"
+LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
+BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"
+TRAINING_SUMMARY = "training_summary.json"
+HISTORY = "history.csv"
+LOSS_WEIGHTS = "loss_weights.csv"
+PREDICTIONS = "predictions.csv"
+MASK_DIR = "masks"
+METRICS = "metrics.json"
+CONFUSION_MATRIX = "confusion_matrix.csv"
+CONFUSION_MATRIX_NORMALIZED = "confusion_matrix_normalized.csv"
+PER_CLASS = "per_class.csv"
+LESIONS = "lesions.csv"
+PER_IMAGE = "per_image.csv"
+REPORT = "report.html"
+FIGURE_DIR = "figures"
+
+# Columns read as text whatever they hold ("0", "NA" and "" are class codes or ids, not numbers).
+_TEXT_COLUMNS = {"image_id": str, "label": str, "pred": str, "true_type": str, "pred_type": str}
+
+
+class DatasetSettings(TypedDict):
+    """The ``dataset`` block of a run config (the workflow config's dataset, resolved)."""
+
+    name: str
+    task: str
+    adapter: str
+    root: str
+    mask_root: str
+    params: dict[str, Any]
+    classes: list[str]
+    class_names: dict[str, str]
+    grouping: str
+    split: dict[str, Any]
+    manifest: str
+
+
+class RunConfig(TypedDict):
+    """The resolved settings of one run (``run.yaml``): self-contained, all a stage reads.
+
+    The fields are described in docs/ARCHITECTURE.md ("Run config")."""
+
+    experiment: str
+    seed: int
+    task: str
+    dataset: DatasetSettings
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    sampler: dict[str, Any]
+    train: dict[str, Any]
+    predict: dict[str, Any]
+    evaluation: dict[str, Any]
+    run_dir: str
+    code_version: str
+
+
+RUN_CONFIG_FIELDS = tuple(RunConfig.__annotations__)
+
+
+# ------------------------------------------------------------------------------------ run config
+def read_run_config(path: str | os.PathLike[str]) -> RunConfig:
+    """A run config written by `pipeline resolve` (or the Snakemake resolve rule)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data  # type: ignore[return-value]
+
+
+def write_run_config(cfg: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    return write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------- predictions
+def read_table(path: str | os.PathLike[str], required: Sequence[str] = ("image_id",), *,
+               produced_by: str = "pipeline predict") -> pd.DataFrame:
+    """A run's CSV table with its text columns kept as text; a missing file or column -> DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `{produced_by}` first")
+    header = pd.read_csv(path, nrows=0).columns
+    # Text columns keep "" and "NA" as text; in the others an empty cell is a missing number.
+    frame = pd.read_csv(path, dtype={c: str for c in header if c in _TEXT_COLUMNS}, keep_default_na=False,
+                        na_values={c: [""] for c in header if c not in _TEXT_COLUMNS})
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected {list(required)}")
+    return frame
+
+
+def prediction_columns(task: str, classes: Sequence[str]) -> list[str]:
+    """The columns predictions.csv must have for a task (see docs/ARCHITECTURE.md)."""
+    if task == "classification":
+        return ["image_id", "label", "pred"] + [f"prob_{c}" for c in classes]
+    return ["image_id", "pred_mask_path", "true_mask_path"]
+
+
+def read_predictions(run_dir: str | os.PathLike[str], required: Sequence[str] = ("image_id",)) -> pd.DataFrame:
+    """predictions.csv of a run, checked for the ``required`` columns."""
+    return read_table(Path(run_dir) / PREDICTIONS, required)
+
+
+def write_predictions(table: pd.DataFrame, run_dir: str | os.PathLike[str]) -> Path:
+    path = Path(run_dir) / PREDICTIONS
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
+
+
+# --------------------------------------------------------------------------------------- metrics
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays unwrapped, tuples to lists, NaN/inf to ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write a {type(obj).__name__} to metrics.json: {obj!r}")
+
+
+def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``metrics`` as JSON atomically; NaN becomes ``null`` (the file is strict JSON)."""
+    text = json.dumps(to_jsonable(metrics), indent=2, allow_nan=False, ensure_ascii=False)
+    return write_text(path, text + "\n")
+
+
+# Keys a report of each task needs in metrics.json.
+METRICS_KEYS = {
+    "classification": ("task", "classes", "balanced_accuracy", "per_class", "confusion_matrix"),
+    "segmentation": ("task", "classes", "mean_dice", "per_class"),
+}
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """metrics.json (a run folder or the file itself), checked for the keys its task's report needs."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    if not path.is_file():
+        raise DataError(f"{path}: metrics file not found; run `pipeline evaluate` first")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    task = metrics.get("task") if isinstance(metrics, dict) else None
+    required = METRICS_KEYS.get(task)
+    if required is None:
+        raise DataError(f"{path}: 'task' must be 'classification' or 'segmentation', got {task!r}")
+    missing = [key for key in required if key not in metrics]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {missing} needed by the {task} report")
+    return metrics
