@@ -39,7 +39,9 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "segmentation": {
         "model": {"name": "Unet", "encoder": "resnet18", "pretrained_path": None, "params": {}},
-        "loss": {"name": "dice_ce"},
+        # sqrt(M / m_i) pixel weights: an unweighted pixel term never learns 5-px lesion types in a
+        # short schedule (docs/BENCHMARKS.md, small-lesion study)
+        "loss": {"name": "dice_ce", "weights": "sqrt"},
         "sampler": {"name": "none"},
         "train": {
             "epochs": 20, "batch_size": 16, "patch_size": 64, "patches_per_image": 4, "augment": True,
@@ -47,7 +49,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
-        "predict": {"batch_size": 8, "overlap": 0.25, "min_lesion_area": 4},
+        "predict": {"batch_size": 8, "overlap": 0.25, "min_lesion_area": 2},
     },
 }
 DEFAULT_SPLIT = {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}

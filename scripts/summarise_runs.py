@@ -16,12 +16,14 @@ from pathlib import Path
 
 
 def fmt(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+    values = list(values)
+    defined = [v for v in values if v is not None and v == v]  # None / NaN: undefined on that seed
+    if not defined:
         return "n/a"
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {spread:.3f}"
+    mean = statistics.fmean(defined)
+    spread = statistics.stdev(defined) if len(defined) > 1 else 0.0
+    fewer = f" (n={len(defined)})" if len(defined) < len(values) else ""
+    return f"{mean:.3f} ± {spread:.3f}{fewer}"
 
 
 def main() -> None:
@@ -47,13 +49,19 @@ def main() -> None:
                     + [fmt([x["per_class"][c]["sensitivity"]["value"] for x in m]) for c in classes]
                     for e, m in experiments.items()]
         else:
-            header = ["experiment", "seeds", "mean Dice", "lesion recall (any type)"]
+            header = ["experiment", "seeds", "mean Dice", "macro Dice", "lesion recall (any type)",
+                      "count MAE / image", "grading accuracy", "grading kappa"]
             for c in classes:
                 header += [f"{c} recall", f"{c} precision", f"{c} Dice"]
             rows = []
             for e, m in experiments.items():
+                grading = [x.get("grading") or {} for x in m]
                 row = [e, str(len(m)), fmt([x["mean_dice"]["value"] for x in m]),
-                       fmt([x["lesion_detection"]["sensitivity"]["value"] for x in m])]
+                       fmt([(x.get("macro_dice") or {}).get("value") for x in m]),
+                       fmt([x["lesion_detection"]["sensitivity"]["value"] for x in m]),
+                       fmt([x["lesion_count_error"]["mae"] for x in m]),
+                       fmt([(g.get("accuracy") or {}).get("value") for g in grading]),
+                       fmt([(g.get("kappa") or {}).get("value") for g in grading])]
                 for c in classes:
                     row += [fmt([x["per_class"][c]["sensitivity"]["value"] for x in m]),
                             fmt([x["per_class"][c]["ppv"]["value"] for x in m]),
