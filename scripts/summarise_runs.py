@@ -4,6 +4,7 @@ Used to write docs/BENCHMARKS.md: every figure is read from metrics.json (comput
 stage from predictions), never typed.
 
     python scripts/summarise_runs.py results [--classes DF VASC]
+    python scripts/summarise_runs.py results/studies/small_lesions --compact   (segmentation: recall / Dice per type)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def fmt(values: list[float]) -> str:
     if not defined:
         return "n/a"
     mean = statistics.fmean(defined)
+    if len(values) == 1:
+        return f"{mean:.3f}"  # one seed: no spread to show
     spread = statistics.stdev(defined) if len(defined) > 1 else 0.0
     fewer = f" (n={len(defined)})" if len(defined) < len(values) else ""
     return f"{mean:.3f} ± {spread:.3f}{fewer}"
@@ -30,11 +33,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--classes", nargs="*", default=None, help="classes / lesion types to show (default: all)")
+    parser.add_argument("--compact", action="store_true",
+                        help="segmentation: optimizer steps, the validation score that selected the model, and "
+                             "'lesion recall / Dice' per type")
     args = parser.parse_args()
 
     runs: dict[str, list[dict]] = defaultdict(list)
     for path in sorted(args.results.glob("*/seed*/metrics.json")):
-        runs[path.parent.parent.name].append(json.loads(path.read_text()))
+        metrics = json.loads(path.read_text())
+        summary = path.parent / "training_summary.json"
+        metrics["_training"] = json.loads(summary.read_text()) if summary.is_file() else {}
+        runs[path.parent.parent.name].append(metrics)
     by_task = defaultdict(dict)
     for experiment, metrics in runs.items():
         by_task[metrics[0]["task"]][experiment] = metrics
@@ -48,6 +57,18 @@ def main() -> None:
                      fmt([x["macro_auc"]["value"] for x in m])]
                     + [fmt([x["per_class"][c]["sensitivity"]["value"] for x in m]) for c in classes]
                     for e, m in experiments.items()]
+        elif args.compact:
+            header = ["experiment", "seeds", "steps", "val. macro Dice (selection)", "test mean Dice",
+                      "test macro Dice"] + [f"{c}: recall / Dice" for c in classes]
+            rows = []
+            for e, m in experiments.items():
+                training = [x["_training"] for x in m]
+                row = [e, str(len(m)), "/".join(sorted({str(t.get("steps", "?")) for t in training})),
+                       fmt([t.get("best_val_macro_dice") for t in training]),
+                       fmt([x["mean_dice"]["value"] for x in m]), fmt([(x.get("macro_dice") or {}).get("value") for x in m])]
+                row += [fmt([x["per_class"][c]["sensitivity"]["value"] for x in m]) + " / "
+                        + fmt([x["per_class"][c]["dice"]["value"] for x in m]) for c in classes]
+                rows.append(row)
         else:
             header = ["experiment", "seeds", "mean Dice", "macro Dice", "lesion recall (any type)",
                       "count MAE / image", "grading accuracy", "grading kappa"]
