@@ -21,6 +21,7 @@ import yaml
 from pipeline import __version__
 from pipeline.atomic import write_text
 from pipeline.errors import ConfigError
+from pipeline.rundir import read_yaml_mapping
 
 SCHEMA_FILE = "config.schema.yaml"
 # Settings every experiment gets unless the config's `defaults` or the experiment says otherwise.
@@ -63,17 +64,7 @@ def load_schema() -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        with path.open() as handle:
-            data = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path)
 
 
 def validate_config(config: dict, source: str = "config") -> dict:

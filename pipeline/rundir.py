@@ -88,6 +88,11 @@ RUN_CONFIG_FIELDS = tuple(RunConfig.__annotations__)
 # ------------------------------------------------------------------------------------ run config
 def read_run_config(path: str | os.PathLike[str]) -> RunConfig:
     """A run config written by `pipeline resolve` (or the Snakemake resolve rule)."""
+    return read_yaml_mapping(path)  # type: ignore[return-value]
+
+
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict:
+    """A YAML file whose top level is a mapping (``yaml.safe_load``); errors name the file."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -97,7 +102,7 @@ def read_run_config(path: str | os.PathLike[str]) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data  # type: ignore[return-value]
+    return data
 
 
 def write_run_config(cfg: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
