@@ -40,9 +40,9 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "segmentation": {
         "model": {"name": "Unet", "encoder": "resnet18", "pretrained_path": None, "params": {}},
-        # sqrt(M / m_i) pixel weights: an unweighted pixel term never learns 5-px lesion types in a
-        # short schedule (docs/BENCHMARKS.md, small-lesion study)
-        "loss": {"name": "dice_ce", "weights": "sqrt"},
+        # Pixel weights are chosen per data set in its config: sqrt(M / m_i) finds the small types of
+        # the synthetic default but over-predicts on ACNE04 from scratch (docs/BENCHMARKS.md §3, §4).
+        "loss": {"name": "dice_ce"},
         "sampler": {"name": "none"},
         "train": {
             "epochs": 20, "batch_size": 16, "patch_size": 64, "patches_per_image": 4, "augment": True,

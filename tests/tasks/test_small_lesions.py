@@ -13,8 +13,9 @@ from pipeline.losses import build_loss
 from pipeline.models import build_segmenter
 from pipeline.tasks.segmentation import remove_small_lesions
 
-DEFAULTS = cfgmod.BUILTIN_DEFAULTS["segmentation"]
 REPO = Path(__file__).resolve().parents[2]
+EMBEDDED = cfgmod.load_config(REPO / "configs" / "config.yaml")
+DEFAULT_RUN = cfgmod.resolve_experiment(EMBEDDED, EMBEDDED["baselines"]["segmentation"], 0)  # Dice+CE
 
 
 def _images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +71,10 @@ def _dot_recall(loss_spec: dict, min_lesion_area: int, steps: int = 30) -> float
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_the_default_recipe_finds_3px_lesions_that_the_old_defaults_missed():
-    default = _dot_recall(DEFAULTS["loss"], DEFAULTS["predict"]["min_lesion_area"])
-    unweighted = _dot_recall({"name": "dice_ce"}, DEFAULTS["predict"]["min_lesion_area"])
-    old_filter = _dot_recall(DEFAULTS["loss"], 4)
+    loss, min_area = DEFAULT_RUN["loss"], DEFAULT_RUN["predict"]["min_lesion_area"]
+    default = _dot_recall(loss, min_area)
+    unweighted = _dot_recall({**loss, "weights": "none"}, min_area)
+    old_filter = _dot_recall(loss, 4)
     assert default >= 0.8
     assert unweighted <= 0.5  # same steps, pixel term unweighted: the dots are not learned yet
     assert old_filter <= default - 0.3  # found, then deleted by a 4-px post-filter
@@ -82,12 +84,12 @@ def test_the_default_post_filter_keeps_a_2px_lesion_and_drops_a_lone_pixel():
     labels = np.zeros((8, 8), np.uint8)
     labels[1, 1:3] = 1  # a 2-px whitehead
     labels[6, 6] = 1  # speckle
-    kept = remove_small_lesions(labels, DEFAULTS["predict"]["min_lesion_area"])
+    kept = remove_small_lesions(labels, DEFAULT_RUN["predict"]["min_lesion_area"])
     assert kept[1, 1:3].tolist() == [1, 1] and kept[6, 6] == 0
 
 
 def test_every_embedded_segmentation_experiment_weights_its_pixel_term():
-    config = cfgmod.load_config(REPO / "configs" / "config.yaml")
+    config = EMBEDDED
     segmentation = [e for e, spec in config["experiments"].items()
                     if config["datasets"][spec["dataset"]]["task"] == "segmentation"]
     assert segmentation
