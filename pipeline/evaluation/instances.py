@@ -32,6 +32,7 @@ from pipeline.data.instances import (
     grade_from_count,
 )
 from pipeline.data.io import read_instance_map, read_label_map
+from pipeline.data.manifest import read_manifest, resolve
 from pipeline.errors import DataError
 from pipeline.evaluation.stats import bootstrap_estimates, proportion
 
@@ -122,19 +123,14 @@ def _split_component(mask: np.ndarray, min_peak_distance: int, min_neck_depth: f
 def reference_table(manifest_path: str | Path, mask_root: str | Path) -> pd.DataFrame:
     """``image_id`` -> ``instance_path`` (resolved against ``mask_root``, "" when none) and
     ``grade`` (int or None) from a manifest; images the manifest lacks get neither."""
-    manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    manifest = read_manifest(manifest_path)
     table = pd.DataFrame({"image_id": manifest["image_id"]})
     paths = manifest["instance_path"] if "instance_path" in manifest else pd.Series("", index=manifest.index)
-    table["instance_path"] = [str(_resolve(p, Path(mask_root))) if p else "" for p in paths]
+    table["instance_path"] = [str(resolve(p, Path(mask_root))) if p else "" for p in paths]
     grades = manifest["grade"] if "grade" in manifest else pd.Series("", index=manifest.index)
     table["grade"] = pd.Series([_grade_cell(g, manifest_path, i) for i, g in enumerate(grades, start=1)],
                                index=table.index, dtype=object)  # int or None, never NaN
     return table.set_index("image_id")
-
-
-def _resolve(path: str, base: Path) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else base / candidate
 
 
 def _grade_cell(text: str, source: Any, row: int) -> int | None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 
 from pipeline import rundir
+from pipeline.data.manifest import read_manifest
 from pipeline.evaluation.classification import compute_classification_metrics, write_classification_tables
 from pipeline.evaluation.instances import segmentation_inputs
 from pipeline.evaluation.segmentation import compute_segmentation_metrics, write_segmentation_tables
@@ -41,7 +41,7 @@ def evaluate_run(cfg: rundir.RunConfig) -> dict:
 
 
 def _label_origin(dataset: dict) -> str:
-    manifest = pd.read_csv(dataset["manifest"], dtype=str, keep_default_na=False)
+    manifest = read_manifest(dataset["manifest"])
     if "label_origin" not in manifest:
         return "unknown"
     return ", ".join(sorted(set(manifest.loc[manifest["split"] == "test", "label_origin"]) - {""})) or "unknown"
