@@ -50,7 +50,8 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
-        "predict": {"batch_size": 8, "overlap": 0.25, "min_lesion_area": 2},
+        "predict": {"batch_size": 8, "overlap": 0.25, "min_lesion_area": 2, "lesion_threshold": None,
+                    "tune_postprocessing": False},
     },
 }
 DEFAULT_SPLIT = {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}

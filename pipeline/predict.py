@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 
 from pipeline import rundir
+from pipeline.atomic import write_text
 from pipeline.errors import DataError, TrainingError
 from pipeline.tasks import get_task
 from pipeline.tasks.base import Task
@@ -39,7 +41,18 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
     if images.empty:
         raise DataError(f"{cfg['dataset']['manifest']}: no images in split {split!r}")
     run_dir = Path(cfg["run_dir"])
-    table = task.predict(model, images, device, run_dir, amp_dtype=amp_dtype_for(device, cfg["train"]["amp"]))
+    amp_dtype = amp_dtype_for(device, cfg["train"]["amp"])
+    if cfg["predict"].get("tune_postprocessing"):
+        # chosen on the validation split only; the split predicted here is never looked at
+        val = frame[frame["split"] == "val"].reset_index(drop=True)
+        if val.empty:
+            raise DataError(f"{cfg['dataset']['manifest']}: predict.tune_postprocessing needs a 'val' split")
+        tuned = task.tune_postprocessing(model, val, device, amp_dtype)
+        write_text(run_dir / rundir.POSTPROCESSING, json.dumps(tuned, indent=2))
+        log.info("post-processing tuned on %d validation images: lesion_threshold %s, min_lesion_area %d "
+                 "(validation lesion F1 %.3f)", tuned["n_images"], tuned["lesion_threshold"],
+                 tuned["min_lesion_area"], tuned["val_f1"])
+    table = task.predict(model, images, device, run_dir, amp_dtype=amp_dtype)
     path = rundir.write_predictions(table, run_dir)
     log.info("wrote %s (%d %s images)", path, len(table), split)
     return path

@@ -34,6 +34,7 @@ HISTORY = "history.csv"
 LOSS_WEIGHTS = "loss_weights.csv"
 PREDICTIONS = "predictions.csv"
 MASK_DIR = "masks"
+POSTPROCESSING = "postprocessing.json"  # segmentation post-processing chosen on validation
 METRICS = "metrics.json"
 CONFUSION_MATRIX = "confusion_matrix.csv"
 CONFUSION_MATRIX_NORMALIZED = "confusion_matrix_normalized.csv"
