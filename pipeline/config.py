@@ -31,7 +31,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "loss": {"name": "ce"},
         "sampler": {"name": "none"},
         "train": {
-            "epochs": 10, "batch_size": 32, "image_size": 64, "augment": True, "amp": "auto",
+            "epochs": 10, "batch_size": 32, "image_size": 64, "crop_pct": 1.0, "augment": True, "amp": "auto",
             "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},

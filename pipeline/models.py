@@ -10,9 +10,14 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ConfigError
+
+# Classifier heads: "linear" outputs logits (timm's own head); "cosine" outputs the cosines between
+# L2-normalised features and class weights, in [-1, 1] (a loss that wants it applies its own scale).
+HEADS = ("linear", "cosine")
 
 
 def available_classifiers(pattern: str = "*") -> list[str]:
@@ -25,19 +30,58 @@ def available_segmenters() -> list[str]:
     return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
 
 
-def build_classifier(spec: dict, num_classes: int) -> nn.Module:
+class CosineClassifier(nn.Module):
+    """Cosine classifier head: cos(x, w_j) = <x / |x|, w_j / |w_j|>, one output per class, in [-1, 1].
+
+    The ``NormedLinear`` layer of Cao, Wei, Gaidon, Arechiga and Ma, "Learning Imbalanced Datasets
+    with Label-Distribution-Aware Margin Loss", NeurIPS 2019 (github.com/kaidic/LDAM-DRW,
+    models/resnet_cifar.py), which LDAM's scale s assumes; the scale is the loss's, not the head's.
+    Weights start uniform in [-1, 1] as there (only their direction matters).
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1.0, 1.0))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
+
+
+class CosineHeadModel(nn.Module):
+    """A timm backbone without its classifier (``num_classes=0``: pooled features) followed by a
+    ``CosineClassifier``. ``pretrained_cfg`` is the backbone's, so timm's data config (mean, std)
+    resolves as for the plain model."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = CosineClassifier(backbone.num_features, num_classes)
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def build_classifier(spec: dict, num_classes: int, head: str = "linear") -> nn.Module:
+    """timm model ``spec["name"]`` with a ``linear`` head (timm's own, logits) or a ``cosine`` one
+    (``CosineHeadModel``: cosines in [-1, 1], for losses that declare it, e.g. LDAM)."""
     name = spec["name"]
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ConfigError(f"unknown timm model {name!r}; `pipeline list models` shows what exists")
+    if head not in HEADS:
+        raise ConfigError(f"model.head must be one of {list(HEADS)}, got {head!r}")
     params = dict(spec.get("params") or {})
+    outputs = num_classes if head == "linear" else 0  # 0: timm returns pooled features
     weights = spec.get("pretrained_path")
     if weights:
         # timm loads a local file through pretrained_cfg_overlay and adapts the classifier head
         # (it is dropped when num_classes differs), so no hub is ever contacted.
         path = _existing(weights)
-        return timm.create_model(name, pretrained=True, num_classes=num_classes,
-                                 pretrained_cfg_overlay={"file": str(path)}, **params)
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, **params)
+        model = timm.create_model(name, pretrained=True, num_classes=outputs,
+                                  pretrained_cfg_overlay={"file": str(path)}, **params)
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=outputs, **params)
+    return model if head == "linear" else CosineHeadModel(model, num_classes)
 
 
 def build_segmenter(spec: dict, num_classes: int) -> nn.Module:

@@ -172,6 +172,27 @@ def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     return write_text(path, text + "\n")
 
 
+# ------------------------------------------------------------------------------ training summary
+def write_training_summary(summary: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> Path:
+    """training_summary.json of a run (the train stage's output): epochs, ``steps`` (optimizer
+    steps taken), best epoch and validation score, history, training class counts."""
+    return write_text(Path(run_dir) / TRAINING_SUMMARY, json.dumps(dict(summary), indent=2, default=str))
+
+
+def read_training_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """training_summary.json of a run, or None when the run has none (e.g. predictions made elsewhere)."""
+    path = Path(run_dir) / TRAINING_SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(summary).__name__}")
+    return summary
+
+
 # Keys a report of each task needs in metrics.json.
 METRICS_KEYS = {
     "classification": ("task", "classes", "balanced_accuracy", "per_class", "confusion_matrix"),

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from pipeline.atomic import atomic_path, write_text
+from pipeline.atomic import atomic_path
 from pipeline.data.manifest import read_manifest, validate_manifest
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import build_loss
@@ -308,7 +308,7 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
                "steps": state["global_step"], "device": str(trainer.device), "world_size": trainer.world_size,
                "history": state["history"], "train_class_counts": trainer.class_counts}
     if trainer.is_main:
-        write_text(trainer.run_dir / rundir.TRAINING_SUMMARY, json.dumps(summary, indent=2, default=str))
+        rundir.write_training_summary(summary, trainer.run_dir)
     if trainer.world_size > 1:
         torch.distributed.destroy_process_group()
     return summary

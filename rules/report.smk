@@ -33,7 +33,9 @@ def compare_baselines():
 
 rule compare:
     input:
-        expand(f"{RESULTS}/{{experiment}}/seed{{seed}}/metrics.json", experiment=EXPERIMENTS, seed=SEEDS),
+        metrics=expand(f"{RESULTS}/{{experiment}}/seed{{seed}}/metrics.json", experiment=EXPERIMENTS, seed=SEEDS),
+        # optimizer steps of each run: the comparison flags experiments trained for other step counts
+        trained=expand(f"{RESULTS}/{{experiment}}/seed{{seed}}/training_summary.json", experiment=EXPERIMENTS, seed=SEEDS),
     output:
         csv=f"{RESULTS}/comparison.csv",
         html=report(f"{RESULTS}/comparison.html", category="Comparison", labels={"report": "all experiments"}),

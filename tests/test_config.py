@@ -29,6 +29,7 @@ def test_experiment_overrides_defaults_without_mixing_losses():
     assert run["loss"] == {"name": "focal", "gamma": 2.0, "alpha": "sqrt"}
     assert run["train"]["epochs"] == config["defaults"]["classification"]["train"]["epochs"]
     assert run["train"]["amp"] == "auto"  # from the built-in defaults
+    assert run["train"]["crop_pct"] == 1.0  # evaluation crops the training geometry (built-in default)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,9 @@ def test_experiment_overrides_defaults_without_mixing_losses():
         (lambda c: c["datasets"]["acne_synthetic"]["classes"].update(background="Background"), "implicit"),
         (lambda c: c["datasets"]["acne_synthetic"].update(grading={"thresholds": [5, 5]}), "must increase"),
         (lambda c: c["datasets"]["acne_synthetic"].update(grading={"thresholds": []}), "schema"),
+        (lambda c: c["experiments"]["cls_ce"].update(model={"name": "resnet10t", "head": "mlp"}), "model/head"),
+        (lambda c: c["experiments"]["cls_ce_oversample"]["sampler"].update(epoch_size="long"), "sampler/epoch_size"),
+        (lambda c: c["experiments"]["cls_ce"].update(train={"crop_pct": 1.2}), "train/crop_pct"),
     ],
 )
 def test_invalid_configs_are_rejected_with_a_message(mutate, message):

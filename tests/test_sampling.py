@@ -1,8 +1,9 @@
+import math
 from collections import Counter
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from pipeline.errors import ConfigError
 from pipeline.sampling import (
@@ -10,20 +11,23 @@ from pipeline.sampling import (
     OversamplingSampler,
     SAMPLERS,
     ClassBalancedSampler,
+    _seeded_generator,
     build_sampler,
 )
 
 ISIC = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 LABELS = [0, 0, 1, 2, 0, 2]  # class counts 3, 1, 2
 COEFFICIENTS = [1, 3, 2]
+# HAM10000's class counts / 10, in ISIC order (MEL 1113, NV 6705, BCC 514, AKIEC 327, BKL 1099, DF 115, VASC 142)
+HAM_LABELS = [c for c, n in enumerate([111, 671, 51, 33, 110, 12, 14]) for _ in range(n)]
 
 
 def class_totals(indices, labels):
     return Counter(labels[i] for i in indices)
 
 
-def test_epoch_holds_coefficient_times_count_per_class():
-    sampler = OversamplingSampler(LABELS, COEFFICIENTS, seed=0)
+def test_expanded_epoch_holds_coefficient_times_count_per_class():
+    sampler = OversamplingSampler(LABELS, COEFFICIENTS, seed=0, epoch_size="expanded")
     indices = list(sampler)
     assert len(sampler) == len(indices) == 3 * 1 + 1 * 3 + 2 * 2
     assert class_totals(indices, LABELS) == {0: 3, 1: 3, 2: 4}
@@ -31,8 +35,48 @@ def test_epoch_holds_coefficient_times_count_per_class():
     assert Counter(indices) == {i: COEFFICIENTS[label] for i, label in enumerate(LABELS)}
 
 
-def test_shuffle_is_deterministic_per_epoch_and_changes_between_epochs():
-    first, again = OversamplingSampler(LABELS, COEFFICIENTS, seed=3), OversamplingSampler(LABELS, COEFFICIENTS, seed=3)
+def test_nominal_epoch_has_the_training_set_length():
+    sampler = OversamplingSampler(LABELS, COEFFICIENTS, seed=0)
+    assert len(sampler) == len(list(sampler)) == len(LABELS)
+    isic = build_sampler({"name": "oversample", "coefficients": "isic2018"}, HAM_LABELS, ISIC, seed=0, num_replicas=3,
+                         rank=1)
+    plain = DistributedSampler(range(len(HAM_LABELS)), num_replicas=3, rank=1)
+    assert len(isic) == len(plain) == math.ceil(len(HAM_LABELS) / 3)  # the same steps as plain shuffling
+
+
+def test_nominal_epochs_read_every_copy_once_per_pass():
+    # 6 labels, 10 copies: 5 epochs of 6 = 3 whole passes, so each index is fed exactly 3 x its coefficient
+    sampler = OversamplingSampler(LABELS, COEFFICIENTS, seed=4)
+    fed = []
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        fed += list(sampler)
+    assert Counter(fed) == {i: 3 * COEFFICIENTS[label] for i, label in enumerate(LABELS)}
+
+
+def test_nominal_epoch_composition_matches_the_coefficients_in_expectation():
+    coefficients = [OVERSAMPLING_PRESETS["isic2018"][code] for code in ISIC]
+    counts = Counter(HAM_LABELS)
+    expanded = sum(coefficients[c] * counts[c] for c in counts)
+    expected = {c: coefficients[c] * counts[c] / expanded for c in counts}  # share of class c in an epoch
+    sampler = OversamplingSampler(HAM_LABELS, coefficients, seed=0)
+    epochs = 60
+    totals = Counter()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        totals.update(class_totals(list(sampler), HAM_LABELS))
+    fed = epochs * len(HAM_LABELS)
+    for c, share in expected.items():
+        # binomial standard error of the share over all fed samples, 5 of them
+        tolerance = 5 * math.sqrt(share * (1 - share) / fed)
+        assert abs(totals[c] / fed - share) < tolerance, (ISIC[c], totals[c] / fed, share)
+    plain_share = {c: counts[c] / len(HAM_LABELS) for c in counts}
+    assert totals[ISIC.index("DF")] / fed > 5 * plain_share[ISIC.index("DF")]  # oversampled, not shuffled
+
+
+@pytest.mark.parametrize("epoch_size", ["nominal", "expanded"])
+def test_shuffle_is_deterministic_per_epoch_and_changes_between_epochs(epoch_size):
+    first, again = (OversamplingSampler(LABELS, COEFFICIENTS, seed=3, epoch_size=epoch_size) for _ in range(2))
     orders = []
     for epoch in range(4):
         first.set_epoch(epoch)
@@ -40,7 +84,18 @@ def test_shuffle_is_deterministic_per_epoch_and_changes_between_epochs():
         assert list(first) == list(again)
         orders.append(tuple(first))
     assert len(set(orders)) > 1
-    assert sorted(orders[0]) == sorted(orders[1])
+    assert len({len(order) for order in orders}) == 1
+    if epoch_size == "expanded":
+        assert sorted(orders[0]) == sorted(orders[1])
+
+
+def test_expanded_epoch_is_the_sampler_before_fixed_length_epochs():
+    # epoch_size: expanded reproduces the old sampler exactly: one seeded shuffle of the expanded list per epoch
+    sampler = OversamplingSampler(LABELS, COEFFICIENTS, seed=3, epoch_size="expanded")
+    sampler.set_epoch(2)
+    expanded = torch.repeat_interleave(torch.arange(len(LABELS)), torch.tensor([COEFFICIENTS[y] for y in LABELS]))
+    order = torch.randperm(len(expanded), generator=_seeded_generator(3, 2))
+    assert list(sampler) == expanded[order].tolist()
 
 
 def test_shards_like_distributed_sampler():
@@ -100,7 +155,8 @@ def test_preset_covers_isic_classes():
 
 def test_build_sampler_with_preset_orders_coefficients_by_class_list():
     labels = list(range(7))  # one image per class
-    sampler = build_sampler({"name": "oversample", "coefficients": "isic2018"}, labels, ISIC, seed=0)
+    spec = {"name": "oversample", "coefficients": "isic2018", "epoch_size": "expanded"}
+    sampler = build_sampler(spec, labels, ISIC, seed=0)
     counts = Counter(sampler)
     assert [counts[i] for i in range(7)] == [OVERSAMPLING_PRESETS["isic2018"][code] for code in ISIC]
 
@@ -117,7 +173,7 @@ def test_build_sampler_works_in_a_dataloader():
     spec = {"name": "oversample", "coefficients": {"a": 1, "b": 3, "c": 2}}
     sampler = build_sampler(spec, LABELS, ["a", "b", "c"], seed=0)
     batches = list(DataLoader(list(range(len(LABELS))), batch_size=4, sampler=sampler))
-    assert sum(len(batch) for batch in batches) == 10
+    assert sum(len(batch) for batch in batches) == len(LABELS)
 
 
 @pytest.mark.parametrize(
@@ -131,6 +187,7 @@ def test_build_sampler_works_in_a_dataloader():
         ({"name": "smote"}, r"unknown sampler 'smote'; available: \['class_balanced'"),
         ({"name": "class_balanced", "coefficients": "isic2018"}, r"unknown key\(s\) \['coefficients'\]"),
         ({"name": "class_balanced", "num_samples": 0}, "num_samples"),
+        ({"name": "oversample", "coefficients": {"a": 1, "b": 2, "c": 1}, "epoch_size": "long"}, "epoch_size must be one of"),
     ],
 )
 def test_build_sampler_rejects(spec, message):
@@ -144,7 +201,8 @@ def test_isic2018_preset_on_ham10000_counts(real_data):
 
     metadata = pd.read_csv(real_data / "isic2018_task3_labels" / "HAM10000_metadata_kaggle.csv")
     labels = [ISIC.index(code.upper()) for code in metadata["dx"]]
-    sampler = build_sampler({"name": "oversample", "coefficients": "isic2018"}, labels, ISIC, seed=0)
+    sampler = build_sampler({"name": "oversample", "coefficients": "isic2018", "epoch_size": "expanded"}, labels,
+                            ISIC, seed=0)
     raw = Counter(labels)
     fed = class_totals(list(sampler), labels)
     preset = OVERSAMPLING_PRESETS["isic2018"]

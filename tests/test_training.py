@@ -30,9 +30,29 @@ def test_train_writes_checkpoints_history_and_resolved_config(tmp_path):
     assert best["epoch"] == summary["best_epoch"]
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    reference = training.train(tiny_classification_run(tmp_path / "a"), threads=1)
-    run = tiny_classification_run(tmp_path / "b")
+OVERSAMPLE = {"name": "oversample", "coefficients": {"A": 1, "B": 3, "C": 2}}
+
+
+def run_with(path, sampler=None):
+    run = tiny_classification_run(path)
+    if sampler is not None:
+        run["sampler"] = sampler
+    return run
+
+
+def test_oversampling_takes_the_optimizer_steps_of_plain_shuffling(tmp_path):
+    plain = training.train(run_with(tmp_path / "plain"), threads=1)
+    oversampled = training.train(run_with(tmp_path / "over", OVERSAMPLE), threads=1)
+    assert oversampled["steps"] == plain["steps"] > 0
+    # the old behaviour stays available, explicitly: every image k times per epoch, more steps
+    expanded = training.train(run_with(tmp_path / "expanded", {**OVERSAMPLE, "epoch_size": "expanded"}), threads=1)
+    assert expanded["steps"] > plain["steps"]
+
+
+@pytest.mark.parametrize("sampler", [None, OVERSAMPLE], ids=["shuffle", "oversample"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler):
+    reference = training.train(run_with(tmp_path / "a", sampler), threads=1)
+    run = run_with(tmp_path / "b", sampler)
 
     calls = {"n": 0}
     original = ClassificationTask.validation_score

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,13 +12,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def classification_transform(image_size: int, *, train: bool, augment: bool = True,
+def classification_transform(image_size: int, *, train: bool, augment: bool = True, crop_pct: float = 1.0,
                              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """uint8 HWC numpy -> normalised float CHW tensor.
+    """uint8 HWC numpy -> normalised float CHW tensor, ``image_size`` square.
 
-    Dermoscopy has no canonical orientation, so flips and 90° rotations are label-preserving; colour
-    jitter is kept small because colour is diagnostic (e.g. blue-grey veil in melanoma).
+    Training (``augment``): RandomResizedCrop of 70-100% of the area at aspect 0.9-1.1, so the
+    image is cropped, never stretched. Dermoscopy has no canonical orientation, so flips and 90°
+    rotations are label-preserving; colour jitter is kept small because colour is diagnostic (e.g.
+    blue-grey veil in melanoma).
+
+    Evaluation (and training without ``augment``): timm's eval geometry: resize the **shorter**
+    side to floor(image_size / crop_pct), keeping the aspect, then centre-crop image_size. A
+    600x450 dermoscopy image is cropped at its long side as in training, not squashed 1.33x by a
+    resize to a square. ``crop_pct`` (``train.crop_pct``, default 1.0) matches the scale of the
+    training crops: sqrt(crop area) / shorter side averages 1.00 for 600x450 images (draws larger
+    than the short side are rejected; the fallback is the whole short side at aspect 1.1) and 0.91
+    for square ones (20,000 draws of torchvision's RandomResizedCrop.get_params).
     """
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct!r}")
     steps: list = [v2.ToImage()]
     if train and augment:
         steps += [
@@ -28,7 +41,7 @@ def classification_transform(image_size: int, *, train: bool, augment: bool = Tr
             v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.05, hue=0.02),
         ]
     else:
-        steps += [v2.Resize((image_size, image_size), antialias=True)]
+        steps += [v2.Resize(math.floor(image_size / crop_pct), antialias=True), v2.CenterCrop(image_size)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
 

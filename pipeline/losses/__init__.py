@@ -7,8 +7,8 @@ Importing the family modules below registers their losses.
 
 from pipeline.losses import cross_entropy, dynamical, focal, long_tail, region  # noqa: F401  (registration)
 from pipeline.losses.dynamical import dynamical_weights
-from pipeline.losses.registry import LOSSES, available_losses, build_loss, loss_parameters, register_loss
-from pipeline.losses.weighting import WEIGHTING_SCHEMES, class_priors, class_weights, resolve_weights
+from pipeline.losses.registry import LOSSES, available_losses, build_loss, loss_head, loss_parameters, register_loss
+from pipeline.losses.weighting import WEIGHTING_SCHEMES, class_priors, class_weights, normalise_weights, resolve_weights
 
 __all__ = [
     "LOSSES",
@@ -18,7 +18,9 @@ __all__ = [
     "class_priors",
     "class_weights",
     "dynamical_weights",
+    "loss_head",
     "loss_parameters",
+    "normalise_weights",
     "register_loss",
     "resolve_weights",
 ]

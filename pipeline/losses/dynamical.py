@@ -31,7 +31,7 @@ from pipeline.losses._checks import (
     valid_mask,
 )
 from pipeline.losses.registry import register_loss
-from pipeline.losses.weighting import class_priors, resolve_weights
+from pipeline.losses.weighting import resolve_weights
 
 
 def check_cycle(cycle: Any, num_classes: int) -> list[int]:
@@ -85,10 +85,10 @@ class DynamicalLoss(_Loss):
         final_plain_ce: if true, the last period (step >= total_steps - T) is plain CE (times
             the static weights, if any).
         weights: optional static class weights under the oscillation (a scheme of
-            pipeline.losses.weighting or a list): the loss is Gamma_{y_i}(t) * w_{y_i} * CE_i. They
-            are rescaled so that their mean over the training samples, sum_i pi_i w_i with the class
-            priors pi from ``class_counts``, is 1 (mean 1 when no counts are given), so the loss keeps
-            the scale of CE. Segmentation needs them: per pixel, background outnumbers a 5-px lesion
+            pipeline.losses.weighting or a list): the loss is Gamma_{y_i}(t) * w_{y_i} * CE_i. Like
+            every weight vector of pipeline.losses.weighting they have mean 1 over the training
+            samples (sum_i pi_i w_i = 1, priors pi from ``class_counts``), so the loss keeps the
+            scale of CE. Segmentation needs them: per pixel, background outnumbers a 5-px lesion
             type ~1000:1 and an unweighted CE never learns it within a short schedule
             (docs/BENCHMARKS.md, small-lesion study).
     'mean' divides by the number of non-ignored samples (pixels), not by the sum of weights.
@@ -110,10 +110,8 @@ class DynamicalLoss(_Loss):
     ) -> None:
         super().__init__(reduction=check_reduction(reduction))
         self.num_classes = num_classes
+        # resolve_weights normalises to sum_i pi_i w_i = 1 (pipeline.losses.weighting.normalise_weights).
         static = resolve_weights(weights, num_classes=num_classes, class_counts=class_counts, beta=beta)
-        if static is not None:
-            priors = class_priors(class_counts) if class_counts is not None else torch.full((num_classes,), 1.0 / num_classes)
-            static = static / (priors * static).sum()
         self.register_buffer("static_weights", static)
         self.amplitude = check_number("amplitude", amplitude, low=1.0)
         self.period = check_int("period", period, low=2)

@@ -55,8 +55,10 @@ def softmax_focal_loss(
 @register_loss("focal")
 class FocalLoss(_Loss):
     """Softmax focal loss module. ``alpha``: None, a list of C floats, or a weighting scheme
-    name ('inverse', 'sqrt', 'effective'; needs class_counts). 'mean' divides by the number of
-    non-ignored samples (pixels), as Lin et al. normalise by the number of anchors."""
+    name ('inverse', 'sqrt', 'effective'; needs class_counts), normalised to mean 1 over the
+    training samples (pipeline.losses.weighting.normalise_weights), so that at gamma 0 and uniform
+    logits the loss equals CE whatever alpha. 'mean' divides by the number of non-ignored samples
+    (pixels), as Lin et al. normalise by the number of anchors."""
 
     alpha: torch.Tensor | None
 

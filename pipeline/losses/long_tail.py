@@ -113,10 +113,19 @@ class LDAMLoss(_Loss):
         Delta_j ∝ n_j^(-1/4),  max_j Delta_j = max_margin
 
     w = 1 before DRW; from step >= drw_start * total_steps, w are the effective-number weights
-    (Cui et al. 2019) with beta = drw_beta, and 'mean' is torch's weighted mean. The paper's
-    scale s = 30 assumes a cosine (normalised) classifier head; with a plain linear head a
-    smaller scale may train better.
+    (Cui et al. 2019) with beta = drw_beta (mean 1 over the training samples, as every weighting;
+    'mean' is torch's weighted mean, which no rescaling of w changes).
+
+    f_i are **cosines**: LDAM assumes L2-normalised features and class weights (the authors'
+    ``NormedLinear``), and the scale s = 30 turns cosines in [-1, 1] into logits. The loss
+    declares this with ``head = "cosine"``, so the classification task builds the model with
+    ``pipeline.models.CosineClassifier`` unless the config's ``model.head`` says otherwise (on raw
+    linear logits, s = 30 multiplies logits that are not bounded). Even at zero cosines the loss
+    is log(1 + (C - 1) exp(s Delta_y)) ≈ s Delta_y + log(C - 1), not log C: the margin is part of
+    LDAM.
     """
+
+    head = "cosine"
 
     def __init__(
         self,

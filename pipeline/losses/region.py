@@ -33,7 +33,6 @@ from pipeline.losses._checks import (
 from pipeline.losses.cross_entropy import WeightedCrossEntropyLoss
 from pipeline.losses.focal import FocalLoss
 from pipeline.losses.registry import register_loss
-from pipeline.losses.weighting import resolve_weights
 
 
 def _as_label_map(
@@ -285,7 +284,8 @@ class DiceCELoss(_DicePlusPixelLoss):
 @register_loss("dice_focal", segmentation_only=True)
 class DiceFocalLoss(_DicePlusPixelLoss):
     """lambda_dice * Dice + lambda_focal * softmax focal (pipeline.losses.focal). ``weights`` are
-    the focal alpha (scheme or list). The focal part always covers every channel, background
+    the focal alpha (scheme or list, normalised to mean 1 over the training pixels like every
+    weighting, pipeline.losses.weighting). The focal part always covers every channel, background
     included: leaving the background channel out of a softmax focal term would leave background
     pixels without any loss."""
 
@@ -312,11 +312,12 @@ class DiceFocalLoss(_DicePlusPixelLoss):
             num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, lambda_dice
         )
         self.lambda_focal = check_number("lambda_focal", lambda_focal, low=0.0)
-        alpha = resolve_weights(weights, num_classes=num_classes, class_counts=class_counts, beta=beta)
         self.focal = FocalLoss(
             num_classes=num_classes,
+            class_counts=class_counts,
             gamma=gamma,
-            alpha=alpha,
+            alpha=weights,
+            beta=beta,
             ignore_index=ignore_index,
             reduction=reduction,
         )

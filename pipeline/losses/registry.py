@@ -1,7 +1,9 @@
 """Loss registry (``pipeline.registry``): ``@register_loss(name)`` on a loss class, ``build_loss(name, ...)`` to make one.
 
 A registered class takes keyword arguments ``num_classes``, ``class_counts`` and its own
-parameters. ``build_loss`` checks the parameter names against the class signature so that a
+parameters. A loss that needs a particular classifier head says so with a class attribute
+``head`` (a head of ``pipeline.models.HEADS``; default ``linear``), read by ``loss_head``: LDAM
+declares ``cosine``, and the classification task builds that head unless the config chooses. ``build_loss`` checks the parameter names against the class signature so that a
 typo in a config fails with the list of what exists, and prefixes every ConfigError with the
 loss name.
 """
@@ -37,6 +39,11 @@ def available_losses(task: str | None = None) -> list[str]:
     if task == "classification":
         names = [name for name in names if not LOSSES.info(name)["segmentation_only"]]
     return names
+
+
+def loss_head(name: str) -> str:
+    """The classifier head the loss ``name`` assumes: its class attribute ``head``, else "linear"."""
+    return getattr(LOSSES.get(name), "head", "linear")
 
 
 def loss_parameters(name: str) -> dict[str, Any]:

@@ -1,13 +1,22 @@
 """Class weighting, in one place: every loss that takes per-class weights gets them here.
 
-Schemes (M = total count, m_i = count of class i, C = number of classes):
+Schemes (M = total count, m_i = count of class i, C = number of classes), before normalisation:
 
-- ``inverse``:   w_i = M / m_i
-- ``sqrt``:      w_i = sqrt(M / m_i)
-- ``effective``: w_i ∝ (1 - beta) / (1 - beta^m_i), normalised so that sum_i w_i = C
+- ``inverse``:   w_i ∝ M / m_i
+- ``sqrt``:      w_i ∝ sqrt(M / m_i)
+- ``effective``: w_i ∝ (1 - beta) / (1 - beta^m_i)
   (Cui, Jia, Lin, Song and Belongie, "Class-Balanced Loss Based on Effective Number of
   Samples", CVPR 2019)
 - ``none``:      w_i = 1
+
+**Mean 1.** Every weight vector a loss gets here, a scheme's or an explicit list, is rescaled by
+``normalise_weights`` so that the expected weight of a training sample is 1:
+sum_i pi_i w_i = 1 with pi_i = m_i / M the training priors. A weighted loss at uniform logits then
+equals plain CE, so a fixed learning rate means the same step size whichever weighting is chosen
+(unnormalised, M / m_i has expected weight sum_i pi_i M / m_i = C: focal with that alpha at gamma 0
+is C times CE at uniform logits). The weights set
+the ratio between classes; the scale is fixed by this rule. Weighted means (torch's
+``F.cross_entropy(weight=...)``: weighted_ce, dice_ce, LDAM's DRW) are unchanged by any scaling.
 """
 
 from __future__ import annotations
@@ -52,7 +61,8 @@ def check_class_counts(class_counts: Any, num_classes: int | None = None) -> lis
 
 
 def class_weights(class_counts: Sequence[float], scheme: str, beta: float = 0.999) -> torch.Tensor:
-    """Per-class weights (float32, shape (C,)) from the training-set class counts."""
+    """Per-class weights (float32, shape (C,)) from the training-set class counts, normalised to
+    mean 1 over the training samples (``normalise_weights``)."""
     if scheme not in WEIGHTING_SCHEMES:
         raise ConfigError(f"unknown weighting scheme {scheme!r}; available: {list(WEIGHTING_SCHEMES)}")
     counts = torch.tensor(check_class_counts(class_counts), dtype=torch.float64)
@@ -68,8 +78,24 @@ def class_weights(class_counts: Sequence[float], scheme: str, beta: float = 0.99
             raise ConfigError(f"beta must lie in [0, 1) for the 'effective' scheme, got {beta!r}")
         # (1 - beta^m) underflows to (1 - 0) for huge pixel counts: all such weights become equal, as they should.
         weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
-        weights = weights / weights.sum() * num_classes
-    return weights.to(torch.float32)
+    return normalise_weights(weights, counts.tolist())
+
+
+def normalise_weights(weights: torch.Tensor, class_counts: Sequence[float] | None) -> torch.Tensor:
+    """``weights`` rescaled so that sum_i pi_i w_i = 1 (float32), pi_i = m_i / M the training priors.
+
+    The expected weight of a training sample is then 1: at uniform logits every sample's CE is
+    log C, so a per-sample weighted loss (focal, dynamical) equals CE there, and the size of an
+    optimizer step at a given learning rate does not depend on the weighting. Without
+    ``class_counts`` the priors are taken as uniform (the weights' plain mean is 1).
+    """
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if class_counts is None:
+        priors = torch.full_like(weights, 1.0 / weights.numel())
+    else:
+        counts = torch.tensor(check_class_counts(class_counts, weights.numel()), dtype=torch.float64)
+        priors = counts / counts.sum()
+    return (weights / (priors * weights).sum()).to(torch.float32)
 
 
 def class_priors(class_counts: Sequence[float]) -> torch.Tensor:
@@ -86,10 +112,13 @@ def resolve_weights(
     beta: float = 0.999,
     name: str = "weights",
 ) -> torch.Tensor | None:
-    """Turn a config ``weights:`` value into a (C,) tensor, or None for no weighting.
+    """Turn a config ``weights:`` value into a (C,) tensor normalised to mean 1 over the training
+    samples (``normalise_weights``), or None for no weighting.
 
     ``weights`` is None, a scheme name (needs ``class_counts``), or an explicit list of C
-    non-negative floats. ``name`` is the config key, used in error messages.
+    non-negative floats. A list gives the ratios between classes and is rescaled like a scheme
+    (with uniform priors when there are no ``class_counts``), so a list that repeats a scheme's
+    values gives the same loss. ``name`` is the config key, used in error messages.
     """
     if weights is None or weights == "none":
         return None
@@ -103,7 +132,7 @@ def resolve_weights(
             raise ConfigError(f"{name}: scheme {weights!r} needs class_counts (per-class training counts)")
         check_class_counts(class_counts, num_classes)
         return class_weights(class_counts, weights, beta=beta)
-    return _explicit_weights(weights, num_classes, name)
+    return normalise_weights(_explicit_weights(weights, num_classes, name), class_counts)
 
 
 def _explicit_weights(weights: Any, num_classes: int, name: str) -> torch.Tensor:

@@ -12,6 +12,12 @@ with the same test images; so the interval reflects test-set sampling of the see
 models, while the spread across seeds is shown separately (SD and range). Each seed pair's own
 bootstrap is listed too.
 
+Training length: each run's optimizer steps are read from its training_summary.json and shown
+per experiment; an experiment whose steps differ from its baseline's is flagged, because a
+difference in the metrics may then come from training longer, not from the method (an
+oversampler with ``epoch_size: expanded`` takes ~2.9x the steps of plain shuffling at equal
+``epochs``). A run without a training summary has unknown steps and is not flagged.
+
 Baselines: ``baselines`` maps task -> experiment (the workflow config's ``baselines``). A bare
 ``baseline`` name is also accepted and applies to the task it belongs to. A task with none
 configured uses its first experiment in ``run_dirs`` order, and the report says so.
@@ -76,6 +82,7 @@ class Run:
     seed: int
     task: str
     metrics: dict[str, Any]
+    steps: int | None = None  # optimizer steps (training_summary.json), None when unknown
 
 
 @dataclass
@@ -91,6 +98,11 @@ class Experiment:
     @property
     def classes(self) -> list[str]:
         return [str(c) for c in next(iter(self.runs.values())).metrics["classes"]]
+
+    @property
+    def steps(self) -> list[int]:
+        """The distinct optimizer-step counts of its runs that are known, sorted."""
+        return sorted({run.steps for run in self.runs.values() if run.steps is not None})
 
     @property
     def class_names(self) -> dict[str, str]:
@@ -118,12 +130,38 @@ def load_runs(run_dirs: Sequence[Path]) -> dict[str, dict[str, Experiment]]:
             raise DataError(f"{run_dir}: experiment {name!r} seed {seed} is also in {experiment.runs[seed].run_dir}")
         if experiment.runs and experiment.classes != [str(c) for c in metrics["classes"]]:
             raise DataError(f"{run_dir}: classes {metrics['classes']} differ from the other seeds of {name!r}")
-        experiment.runs[seed] = Run(run_dir, name, seed, task, metrics)
+        experiment.runs[seed] = Run(run_dir, name, seed, task, metrics, _steps_of(run_dir))
     for task, experiments in tasks.items():
         class_lists = {tuple(e.classes) for e in experiments.values()}
         if len(class_lists) > 1:
             raise DataError(f"{task} experiments use different class lists {sorted(class_lists)}: they cannot be compared")
     return tasks
+
+
+def _steps_of(run_dir: Path) -> int | None:
+    """Optimizer steps of a run from its training_summary.json; None without one."""
+    summary = rundir.read_training_summary(run_dir)
+    if summary is None or summary.get("steps") is None:
+        return None
+    steps = summary["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise DataError(f"{run_dir / rundir.TRAINING_SUMMARY}: 'steps' must be a non-negative integer, got {steps!r}")
+    return steps
+
+
+def steps_note(experiment: Experiment, baseline: Experiment) -> str:
+    """A warning when the experiment's optimizer steps differ from the baseline's ('' otherwise,
+    or when either is unknown)."""
+    ours, theirs = experiment.steps, baseline.steps
+    if not ours or not theirs or ours == theirs:
+        return ""
+    return (f"{experiment.name} took {_steps_text(ours)} optimizer steps, {baseline.name} {_steps_text(theirs)}: "
+            "a difference in the figures may come from training length, not from the method "
+            "(same epochs, batch size and sampler epoch_size: nominal give equal steps).")
+
+
+def _steps_text(steps: Sequence[int]) -> str:
+    return " / ".join(f"{s:,}" for s in steps) if steps else "n/a"
 
 
 def _seed_of(metrics: Mapping[str, Any], run_dir: Path) -> int:
@@ -326,10 +364,11 @@ def _task_section(task: str, experiments: Mapping[str, Experiment], baseline: tu
             main, detail = _summary_text(summary, percent)
             cells[key] = {**summary, "text": main, "detail": detail, "best": False}
         row = {"experiment": experiment.name, "seeds": experiment.seeds, "is_baseline": experiment.name == base_name,
-               "cells": cells}
+               "cells": cells, "steps": experiment.steps, "steps_text": _steps_text(experiment.steps),
+               "steps_note": steps_note(experiment, experiments[base_name])}
         if experiment.name != base_name:
             comparison = paired_differences(experiment, experiments[base_name], n_bootstrap, bootstrap_seed)
-            comparisons.append({"experiment": experiment.name, **comparison})
+            comparisons.append({"experiment": experiment.name, "steps_note": row["steps_note"], **comparison})
             row["vs_baseline"] = comparison["rows"][0] if comparison["rows"] else None
         else:
             row["vs_baseline"] = None
@@ -366,7 +405,9 @@ def _csv_row(task: str, experiment: Experiment, row: Mapping[str, Any], columns:
              baseline: str, comparison: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"task": task, "experiment": experiment.name, "baseline": baseline,
                            "is_baseline": experiment.name == baseline,
-                           "seeds": " ".join(map(str, experiment.seeds)), "n_seeds": len(experiment.seeds)}
+                           "seeds": " ".join(map(str, experiment.seeds)), "n_seeds": len(experiment.seeds),
+                           "steps": " ".join(map(str, experiment.steps)),
+                           "steps_differ_from_baseline": bool(row["steps_note"])}
     for key, *_ in columns:
         cell = row["cells"][key]
         ci = cell["ci95"] or [math.nan, math.nan]

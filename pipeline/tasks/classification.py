@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,45 @@ from torch.utils.data import DataLoader
 from pipeline.data.datasets import ClassificationDataset
 from pipeline.data.manifest import class_counts
 from pipeline.data.transforms import classification_transform
-from pipeline.models import build_classifier
+from pipeline.errors import ConfigError
+from pipeline.losses import loss_head, loss_parameters
+from pipeline.models import HEADS, build_classifier
 from pipeline.sampling import build_sampler
 from pipeline.tasks import TASKS
+
+log = logging.getLogger("pipeline.tasks.classification")
+
+
+def classifier_head(cfg: dict) -> str:
+    """The head the model gets: ``model.head`` when the config sets it, else the one the loss
+    declares (``pipeline.losses.loss_head``: ``cosine`` for LDAM, ``linear`` otherwise). A pure
+    function of the run config, so training and the predict stage build the same model.
+
+    A cosine head outputs cosines in [-1, 1]; only a loss that declares it applies the scale that
+    makes logits of them, so ``cosine`` under any other loss is a ConfigError. ``linear`` under a
+    cosine loss is allowed (LDAM on raw logits, the setting before cosine heads existed) and logged.
+    """
+    loss = cfg["loss"]["name"]
+    needed = loss_head(loss)
+    head = cfg["model"].get("head") or needed
+    if head not in HEADS:
+        raise ConfigError(f"model.head must be one of {list(HEADS)}, got {head!r}")
+    if head == "cosine" and needed != "cosine":
+        raise ConfigError(f"model.head is 'cosine' but loss {loss!r} expects logits from a linear head; "
+                          "a cosine head outputs cosines in [-1, 1], which only a loss that scales them (ldam) can use")
+    if head != needed:
+        log.warning("loss %r assumes a %s head; model.head makes it %s", loss, needed, head)
+    return head
+
+
+def output_scale(cfg: dict) -> float:
+    """What the model's outputs are multiplied by before the predict stage's softmax: the loss's
+    ``scale`` when it has one (LDAM's s: the loss trained the softmax of s times the outputs, cosines
+    or logits), else 1."""
+    scale = cfg["loss"].get("scale", loss_parameters(cfg["loss"]["name"]).get("scale", 1.0))
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise ConfigError(f"loss {cfg['loss']['name']!r}: scale must be a positive number, got {scale!r}")
+    return float(scale)
 
 
 @TASKS.register("classification")
@@ -29,6 +66,8 @@ class ClassificationTask:
         self.cfg = cfg
         self.classes: list[str] = cfg["dataset"]["classes"]
         self.root = Path(cfg["dataset"]["root"])
+        self.head = classifier_head(cfg)
+        self.output_scale = output_scale(cfg)
 
     @property
     def num_outputs(self) -> int:
@@ -39,7 +78,7 @@ class ClassificationTask:
         return None  # the label column is what the splitter stratifies on
 
     def build_model(self) -> torch.nn.Module:
-        return build_classifier(self.cfg["model"], self.num_outputs)
+        return build_classifier(self.cfg["model"], self.num_outputs, head=self.head)
 
     def _normalisation(self, model: torch.nn.Module) -> dict:
         import timm.data
@@ -53,7 +92,7 @@ class ClassificationTask:
     def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int) -> ClassificationDataset:
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=True, augment=train["augment"],
-                                             **self._normalisation(model))
+                                             crop_pct=train["crop_pct"], **self._normalisation(model))
         return ClassificationDataset(frame, self.root, self.classes, transform)
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):
@@ -61,7 +100,9 @@ class ClassificationTask:
                              num_replicas=num_replicas, rank=rank)
 
     def eval_dataset(self, frame: pd.DataFrame, model: torch.nn.Module) -> ClassificationDataset:
-        transform = classification_transform(self.cfg["train"]["image_size"], train=False, **self._normalisation(model))
+        train = self.cfg["train"]
+        transform = classification_transform(train["image_size"], train=False, crop_pct=train["crop_pct"],
+                                             **self._normalisation(model))
         return ClassificationDataset(frame, self.root, self.classes, transform)
 
     @torch.no_grad()
@@ -74,7 +115,7 @@ class ClassificationTask:
         for images, _ in loader:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images.to(device, non_blocking=True))
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            out.append(torch.softmax(self.output_scale * logits.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.num_outputs))
 
     def validation_score(self, model, frame, device, num_workers=0, amp_dtype=None) -> float:

@@ -22,9 +22,12 @@ def test_gamma_zero_no_alpha_is_cross_entropy(shape):
 
 
 def test_gamma_two_with_alpha_by_hand():
-    loss = build_loss("focal", num_classes=3, gamma=2.0, alpha=[0.25, 1.0, 2.0], reduction="none")
+    alpha = [0.25, 1.0, 2.0]
+    loss = build_loss("focal", num_classes=3, gamma=2.0, alpha=alpha, reduction="none")
     values = loss(PROBS.log(), TARGET)
-    expected = [0.25 * -(0.3**2) * math.log(0.7), 2.0 * -(0.7**2) * math.log(0.3)]
+    # an explicit alpha is rescaled to mean 1 (no class counts: uniform priors)
+    a0, a2 = (alpha[k] * len(alpha) / sum(alpha) for k in (0, 2))
+    expected = [a0 * -(0.3**2) * math.log(0.7), a2 * -(0.7**2) * math.log(0.3)]
     assert values.tolist() == pytest.approx(expected, rel=1e-5)
 
 
@@ -35,15 +38,31 @@ def test_matches_monai_per_channel_terms_summed():
     target = torch.randint(0, 4, (2, 3, 3))
     alpha = torch.tensor([0.5, 1.0, 1.5, 2.0])
     one_hot = F.one_hot(target, 4).movedim(-1, 1).float()
-    expected = monai_softmax_focal_loss(logits, one_hot, 2.0, alpha).sum(1)
+    expected = monai_softmax_focal_loss(logits, one_hot, 2.0, alpha / alpha.mean()).sum(1)  # ours: mean 1
     ours = build_loss("focal", num_classes=4, gamma=2.0, alpha=alpha.tolist(), reduction="none")(logits, target)
     assert torch.allclose(ours, expected, atol=1e-6)
 
 
 def test_alpha_scheme_uses_weighting():
-    loss = build_loss("focal", num_classes=3, class_counts=[1, 3, 4], alpha="inverse", gamma=0.0, reduction="none")
+    counts = [1, 3, 4]
+    loss = build_loss("focal", num_classes=3, class_counts=counts, alpha="inverse", gamma=0.0, reduction="none")
     values = loss(PROBS.log(), TARGET)
-    assert values.tolist() == pytest.approx([8 * -math.log(0.7), 2 * -math.log(0.3)], rel=1e-5)
+    # M / m_i, divided by its prior-weighted mean sum_i (m_i / M)(M / m_i) = C
+    alpha = [sum(counts) / m / len(counts) for m in counts]
+    assert values.tolist() == pytest.approx([alpha[0] * -math.log(0.7), alpha[2] * -math.log(0.3)], rel=1e-5)
+
+
+@pytest.mark.parametrize("alpha", ["inverse", "sqrt", "effective", [0.25, 1.0, 2.0]])
+def test_gamma_zero_with_alpha_equals_ce_at_uniform_logits(alpha):
+    # a batch with the training priors exactly: the mean focal loss at gamma 0 and uniform logits is
+    # sum_i pi_i alpha_i log C = log C, CE's value, whatever the alpha (normalised to mean 1)
+    counts = [1, 3, 4]
+    target = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    logits = torch.zeros(len(target), 3)
+    focal = build_loss("focal", num_classes=3, class_counts=counts, alpha=alpha, gamma=0.0, beta=0.5)(logits, target)
+    ce = F.cross_entropy(logits, target)
+    assert focal.item() == pytest.approx(ce.item(), rel=1e-6)
+    assert ce.item() == pytest.approx(math.log(3), rel=1e-6)
 
 
 def test_alpha_scheme_without_counts_is_config_error():

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
+from pipeline import rundir
 from pipeline.errors import ConfigError, DataError
 from pipeline.reporting import compare
 from pipeline.rundir import read_metrics as load_metrics
@@ -149,3 +150,26 @@ def test_runs_on_different_test_images_are_refused(comparison, tmp_path):
     with pytest.raises(DataError, match="not evaluated on the same images"):
         compare.write_comparison(run_dirs=runs, baseline="ce", out_csv=out_csv, out_html=out_html, n_bootstrap=N_BOOTSTRAP)
     assert not out_csv.exists() and not out_html.exists()
+
+
+def test_optimizer_steps_are_shown_and_a_difference_is_flagged(comparison, tmp_path):
+    base, table, _ = comparison
+    # runs without a training summary: steps unknown, nothing flagged
+    assert not table["steps_differ_from_baseline"].any()
+    steps = {"ce": 100, "twin": 100, "focal": 290}  # focal as if oversampled with epoch_size: expanded
+    runs = []
+    for experiment, count in steps.items():
+        target = tmp_path / "results" / experiment / "seed0"
+        shutil.copytree(base / "results" / experiment / "seed0", target)
+        rundir.write_training_summary({"experiment": experiment, "seed": 0, "steps": count}, target)
+        runs.append(target)
+    out_csv, out_html = tmp_path / "c.csv", tmp_path / "c.html"
+    compare.write_comparison(run_dirs=runs, baseline="ce", out_csv=out_csv, out_html=out_html, n_bootstrap=N_BOOTSTRAP)
+    flagged = pd.read_csv(out_csv).set_index("experiment")
+    assert flagged["steps"].to_dict() == steps
+    assert flagged["steps_differ_from_baseline"].to_dict() == {"ce": False, "twin": False, "focal": True}
+    html = out_html.read_text()
+    cells = dict(re.findall(r'<tr data-experiment="(\w+)">.*?data-steps="(\d+)"', html, flags=re.S))
+    assert cells == {e: str(n) for e, n in steps.items()}
+    assert html.count('class="warning steps-differ"') == 1
+    assert "focal took 290 optimizer steps, ce 100" in html
