@@ -36,7 +36,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
-        "predict": {"batch_size": 64},
+        "predict": {"batch_size": 64, "logit_offsets": "none"},
     },
     "segmentation": {
         "model": {"name": "Unet", "encoder": "resnet18", "pretrained_path": None, "params": {}},
@@ -165,6 +165,8 @@ def resolve_experiment(config: dict, experiment: str, seed: int) -> dict:
         if key in spec and spec[key].get("name") != settings[key].get("name"):
             settings[key] = {}
     settings = deep_merge(settings, {k: v for k, v in spec.items() if k != "dataset"})
+    if task != "classification" and settings["predict"].get("logit_offsets", "none") != "none":
+        raise ConfigError(f"experiment {experiment!r}: predict.logit_offsets is for classification only")
     dataset.update(
         name=dataset_name,
         manifest=str(split_manifest_path(config, dataset_name)),

@@ -1,4 +1,9 @@
-"""The predict stage of one run: the best checkpoint's predictions on a split -> predictions.csv."""
+"""The predict stage of one run: the best checkpoint's predictions on a split -> predictions.csv.
+
+A task may fit post-hoc settings before predicting (classification: ``predict.logit_offsets:
+fit_val``, per-class logit offsets, written to logit_offsets.json): it gets the validation split
+and nothing else, so the test split never informs what is applied to it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 
 from pipeline import rundir
 from pipeline.atomic import write_text
-from pipeline.errors import DataError, TrainingError
+from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.tasks import get_task
 from pipeline.tasks.base import Task
 from pipeline.training import amp_dtype_for, fingerprint, load_split, select_device
@@ -52,6 +57,12 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
         log.info("post-processing tuned on %d validation images: lesion_threshold %s, min_lesion_area %d "
                  "(validation lesion F1 %.3f)", tuned["n_images"], tuned["lesion_threshold"],
                  tuned["min_lesion_area"], tuned["val_f1"])
+    if hasattr(task, "fit_post_hoc"):
+        validation = frame[frame["split"] == "val"].reset_index(drop=True)
+        if task.fit_post_hoc(model, validation, device, run_dir, amp_dtype=amp_dtype) is not None:
+            log.info("fitted post-hoc logit offsets on %d validation images: %s", len(validation), rundir.LOGIT_OFFSETS)
+    elif cfg["predict"].get("logit_offsets", "none") != "none":
+        raise ConfigError(f"predict.logit_offsets: the {task.name} task has no post-hoc logit offsets")
     table = task.predict(model, images, device, run_dir, amp_dtype=amp_dtype)
     path = rundir.write_predictions(table, run_dir)
     log.info("wrote %s (%d %s images)", path, len(table), split)

@@ -33,6 +33,7 @@ TRAINING_SUMMARY = "training_summary.json"
 HISTORY = "history.csv"
 LOSS_WEIGHTS = "loss_weights.csv"
 PREDICTIONS = "predictions.csv"
+LOGIT_OFFSETS = "logit_offsets.json"
 MASK_DIR = "masks"
 POSTPROCESSING = "postprocessing.json"  # segmentation post-processing chosen on validation
 METRICS = "metrics.json"
@@ -144,6 +145,29 @@ def write_predictions(table: pd.DataFrame, run_dir: str | os.PathLike[str]) -> P
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return path
+
+
+# ---------------------------------------------------------------------------------- logit offsets
+def write_logit_offsets(record: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> Path:
+    """logit_offsets.json: post-hoc offsets the predict stage fitted on the validation split and
+    added to the test logits (``method``, ``split``, ``n_images``, ``classes``, ``offsets`` in
+    class-list order, ``val_balanced_accuracy`` before/after)."""
+    return write_metrics(record, Path(run_dir) / LOGIT_OFFSETS)
+
+
+def read_logit_offsets(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's logit_offsets.json, or None when its predictions use no offsets."""
+    path = Path(run_dir) / LOGIT_OFFSETS
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    missing = [key for key in ("classes", "offsets") if key not in record]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {missing}")
+    return record
 
 
 # --------------------------------------------------------------------------------------- metrics

@@ -9,6 +9,9 @@
   steps with the ISIC 2018 preset). Shards across DDP replicas like torch's DistributedSampler.
 - ``class_balanced``: weighted random sampling with replacement, weight 1 / count(class); an
   epoch keeps the data set's size.
+- any sampler with ``start: f`` (deferred re-sampling, DRS; Cao et al., NeurIPS 2019): plain
+  shuffling for the epochs before ``f * epochs``, the sampler from then on, each epoch of the
+  sampler's length (``DeferredSampler``).
 
 The trainer calls ``set_epoch(epoch)`` before every epoch (as for DistributedSampler), so that
 each epoch has its own deterministic order and a resumed run sees the same one.
@@ -166,6 +169,66 @@ class ClassBalancedSampler(WeightedRandomSampler):
         self.generator = _seeded_generator(self.seed, self.rank, _check_int("sampler epoch", epoch, low=0))
 
 
+class DeferredSampler(Sampler[int]):
+    """Deferred re-sampling (DRS): Cao, Wei, Gaidon, Arechiga and Ma, "Learning Imbalanced Datasets
+    with Label-Distribution-Aware Margin Loss", NeurIPS 2019, section 3.3 / appendix (LDAM-DRS).
+
+    Epochs ``epoch < start * epochs`` are plain shuffling of the ``dataset_size`` indices; from then
+    on ``inner`` (any sampler with ``set_epoch``) draws. Every epoch has ``len(inner)`` indices per
+    replica, so the number of optimizer steps per epoch does not change at the switch: a shuffled
+    epoch concatenates seeded permutations of the data set, cut to ``len(inner) * num_replicas``,
+    and rank r takes every num_replicas-th index from position r (as torch's DistributedSampler).
+    Each epoch's order is a function of (seed, epoch) only, so a resumed run sees the same one.
+    """
+
+    def __init__(
+        self, inner: Sampler[int], dataset_size: int, start: float, epochs: int, seed: int,
+        num_replicas: int = 1, rank: int = 0,
+    ) -> None:
+        if not hasattr(inner, "set_epoch"):
+            raise ConfigError(f"deferred sampling needs a sampler with set_epoch, got {type(inner).__name__}")
+        _check_replicas(num_replicas, rank)
+        self.inner = inner
+        self.dataset_size = _check_int("data set size", dataset_size, low=1)
+        self.start = check_start(start)
+        self.epochs = _check_int("train.epochs", epochs, low=1)
+        self.seed = _check_int("sampler seed", seed, low=0)
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    @property
+    def active(self) -> bool:
+        """True from the first epoch at or after ``start * epochs`` (the epoch the trainer set)."""
+        return self.epoch >= self.start * self.epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = _check_int("sampler epoch", epoch, low=0)
+        self.inner.set_epoch(epoch)
+
+    def shuffled_indices(self) -> list[int]:
+        """All replicas' indices of a plain-shuffling epoch, before sharding."""
+        generator = _seeded_generator(self.seed, self.epoch)
+        total = len(self) * self.num_replicas
+        rounds = math.ceil(total / self.dataset_size)
+        order = torch.cat([torch.randperm(self.dataset_size, generator=generator) for _ in range(rounds)])
+        return order[:total].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        if self.active:
+            return iter(self.inner)
+        return iter(self.shuffled_indices()[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def check_start(start: Any) -> float:
+    """A sampler's ``start``: the fraction of the epochs before the sampler applies, in [0, 1)."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 <= start < 1.0:
+        raise ConfigError(f"sampler start must be a fraction of the epochs in [0, 1), got {start!r}")
+    return float(start)
+
+
 def oversampling_coefficients(coefficients: Any, classes: list[str]) -> list[int]:
     """Coefficients in class-list order from a preset name or a {class: int} mapping."""
     if isinstance(coefficients, str):
@@ -194,14 +257,16 @@ def build_sampler(
     seed: int,
     num_replicas: int = 1,
     rank: int = 0,
+    epochs: int | None = None,
 ) -> Sampler[int] | None:
     """The sampler a config's ``sampler:`` block asks for, or None for plain shuffling.
 
     ``spec``: ``{name: none | oversample | class_balanced, coefficients: <preset or mapping>,
-    epoch_size: <nominal | expanded, oversample only>, num_samples: <int, class_balanced only>}``.
-    ``labels`` are class indices into ``classes``.
-    With several replicas, class_balanced draws ceil(num_samples / num_replicas) per rank from
-    a rank-specific stream (independent draws with replacement need no sharding).
+    epoch_size: <nominal | expanded, oversample only>, num_samples: <int, class_balanced only>,
+    start: <fraction, any sampler>}``. ``labels`` are class indices into ``classes``. With several
+    replicas, class_balanced draws ceil(num_samples / num_replicas) per rank from a rank-specific
+    stream (independent draws with replacement need no sharding). ``start`` defers the sampler to
+    epoch ``start * epochs`` (``DeferredSampler``; needs ``epochs``, the run's number of epochs).
     """
     if spec is None:
         return None
@@ -209,13 +274,21 @@ def build_sampler(
         raise ConfigError(f"sampler must be a mapping with a 'name', got {spec!r}")
     name = spec.get("name", "none")
     builder = SAMPLERS.get(name)
-    allowed = {"name"} | SAMPLERS.info(name)["keys"]
+    allowed = {"name", "start"} | SAMPLERS.info(name)["keys"]
     extra = sorted(set(spec) - allowed)
     if extra:
         raise ConfigError(f"sampler {name!r} got unknown key(s) {extra}; it accepts {sorted(allowed)}")
     _check_replicas(num_replicas, rank)
     _check_labels(labels, len(classes))
-    return builder(spec, labels, classes, seed, num_replicas, rank)
+    sampler = builder({k: v for k, v in spec.items() if k != "start"}, labels, classes, seed, num_replicas, rank)
+    if spec.get("start") is None:
+        return sampler
+    start = check_start(spec["start"])
+    if sampler is None:
+        raise ConfigError(f"sampler {name!r} with start: plain shuffling has nothing to defer; name a sampler")
+    if epochs is None:
+        raise ConfigError("sampler start is a fraction of the epochs: build_sampler needs the run's epochs")
+    return DeferredSampler(sampler, len(labels), start, epochs, seed, num_replicas=num_replicas, rank=rank)
 
 
 @SAMPLERS.register("none", keys=set())

@@ -11,6 +11,7 @@ from pipeline.sampling import (
     OversamplingSampler,
     SAMPLERS,
     ClassBalancedSampler,
+    DeferredSampler,
     _seeded_generator,
     build_sampler,
 )
@@ -210,3 +211,74 @@ def test_isic2018_preset_on_ham10000_counts(real_data):
     # the preset brings a ~58:1 imbalance (NV vs DF) down to under 3:1
     assert max(raw.values()) / min(raw.values()) > 50
     assert max(fed.values()) / min(fed.values()) < 3
+
+
+# ------------------------------------------------------------------ deferred re-sampling (start)
+def epochs_of(sampler, epochs):
+    orders = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    return orders
+
+
+def test_deferred_sampler_shuffles_until_start_then_samples():
+    labels = [0] * 9 + [1]
+    spec = {"name": "class_balanced", "num_samples": 10, "start": 0.5}
+    deferred = build_sampler(spec, labels, ["a", "b"], seed=3, epochs=4)
+    inner = build_sampler({"name": "class_balanced", "num_samples": 10}, labels, ["a", "b"], seed=3)
+    assert isinstance(deferred, DeferredSampler)
+    orders = epochs_of(deferred, 4)
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(10))  # plain shuffling: each image once
+    assert orders[0] != orders[1]
+    assert orders[2:] == epochs_of(inner, 4)[2:]  # from epoch 2 = 0.5 * 4 on, the sampler itself
+
+
+def test_deferred_sampler_keeps_the_epoch_length_across_the_switch():
+    # epoch_size: expanded, so the sampler's epoch (10) differs from the data set's (6)
+    spec = {"name": "oversample", "coefficients": {"a": 1, "b": 3, "c": 2}, "epoch_size": "expanded", "start": 0.5}
+    sampler = build_sampler(spec, LABELS, ["a", "b", "c"], seed=0, epochs=2)
+    before, after = epochs_of(sampler, 2)
+    assert len(before) == len(after) == len(sampler) == 10  # the oversampler's epoch
+    assert class_totals(after, LABELS) == {0: 3, 1: 3, 2: 4}
+    # the shuffled epoch repeats whole permutations of the 6 images, cut to 10
+    assert sorted(before[:6]) == list(range(6)) and len(set(before[6:])) == 4
+
+
+def test_deferred_sampler_order_depends_on_seed_and_epoch_only():
+    spec = {"name": "oversample", "coefficients": {"a": 1, "b": 3, "c": 2}, "start": 0.6}
+    first, again = (build_sampler(spec, LABELS, ["a", "b", "c"], seed=7, epochs=5) for _ in range(2))
+    again.set_epoch(4)
+    list(again)  # a resumed run has seen other epochs, or none
+    assert epochs_of(first, 5) == epochs_of(again, 5)
+
+
+def test_deferred_sampler_shards_the_shuffled_epoch():
+    labels = [0, 1, 2, 0, 1]
+    shards = [build_sampler({"name": "oversample", "coefficients": {"a": 1, "b": 1, "c": 1}, "start": 0.5},
+                            labels, ["a", "b", "c"], seed=1, num_replicas=2, rank=r, epochs=2) for r in range(2)]
+    for shard in shards:
+        shard.set_epoch(0)
+    full = shards[0].shuffled_indices()
+    assert len(full) == 6 and sorted(full[:5]) == list(range(5))
+    assert [list(shard) for shard in shards] == [full[0::2], full[1::2]]
+    assert all(len(shard) == 3 for shard in shards)
+
+
+@pytest.mark.parametrize(
+    ("spec", "epochs", "message"),
+    [
+        ({"name": "none", "start": 0.5}, 4, "plain shuffling has nothing to defer"),
+        ({"name": "class_balanced", "start": 1.0}, 4, r"start must be a fraction of the epochs in \[0, 1\)"),
+        ({"name": "class_balanced", "start": "late"}, 4, "start must be a fraction"),
+        ({"name": "class_balanced", "start": 0.5}, None, "needs the run's epochs"),
+    ],
+)
+def test_deferred_sampler_rejects(spec, epochs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_sampler(spec, LABELS, ["a", "b", "c"], seed=0, epochs=epochs)
+
+
+def test_start_null_is_the_sampler_itself():
+    sampler = build_sampler({"name": "class_balanced", "start": None}, LABELS, ["a", "b", "c"], seed=0)
+    assert isinstance(sampler, ClassBalancedSampler)

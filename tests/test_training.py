@@ -6,6 +6,7 @@ import torch
 
 from pipeline import training
 from pipeline.errors import TrainingError
+from pipeline.losses.weighting import normalise_weights
 from pipeline.tasks.classification import ClassificationTask
 from tests.helpers import tiny_classification_run
 
@@ -96,3 +97,43 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch 1, optimizer step 0"):
         training.train(run, threads=1)
     assert not (tmp_path / "results/tiny_ce/seed0/training_summary.json").exists()
+
+
+def deferred_run(path):
+    """3 epochs of 2 steps: class weights from step 3 (drw_start 0.5), the sampler from epoch 2 (start 0.5)."""
+    run = tiny_classification_run(path, epochs=3)
+    run["loss"] = {"name": "weighted_ce", "weights": [1.0, 2.0, 4.0], "drw_start": 0.5}
+    run["sampler"] = {"name": "class_balanced", "start": 0.5}
+    return run
+
+
+def test_resume_across_deferred_reweighting_and_resampling_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    reference = training.train(deferred_run(tmp_path / "a"), threads=1)
+    run = deferred_run(tmp_path / "b")
+    calls = {"n": 0}
+    original = ClassificationTask.validation_score
+
+    def crash_in_second_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClassificationTask, "validation_score", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(run, threads=1)
+    assert state(tmp_path / "b/results/tiny_ce/seed0/checkpoints/last.pt")["epoch"] == 1  # before both switches
+    monkeypatch.setattr(ClassificationTask, "validation_score", original)
+    resumed = training.train(run, threads=1)
+
+    assert resumed["steps"] == reference["steps"] == 6  # the same steps per epoch before and after the sampler switch
+    a = state(tmp_path / "a/results/tiny_ce/seed0/checkpoints/last.pt")["model"]
+    b = state(tmp_path / "b/results/tiny_ce/seed0/checkpoints/last.pt")["model"]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    weights = pd.read_csv(tmp_path / "a/results/tiny_ce/seed0/loss_weights.csv")
+    assert weights["step"].tolist() == list(range(6))
+    assert (weights.loc[weights["step"] < 3, ["w0", "w1", "w2"]] == 1.0).all().all()
+    after = weights.loc[weights["step"] >= 3, ["w0", "w1", "w2"]].drop_duplicates().to_numpy()
+    expected = normalise_weights(torch.tensor([1.0, 2.0, 4.0]), reference["train_class_counts"])  # mean 1 per sample
+    assert after.shape == (1, 3) and after[0] == pytest.approx(expected.tolist(), abs=1e-5)

@@ -55,7 +55,7 @@ class CrossEntropyLoss(_Loss):
         )
 
 
-@register_loss("weighted_ce")
+@register_loss("weighted_ce", weights_param="weights")
 class WeightedCrossEntropyLoss(CrossEntropyLoss):
     """Cross-entropy with per-class weights from pipeline.losses.weighting.
 

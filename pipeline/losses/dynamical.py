@@ -73,7 +73,7 @@ def dynamical_weights(
     return (raw * num_classes / raw.sum()).to(torch.float32)
 
 
-@register_loss("dynamical")
+@register_loss("dynamical", weights_param="weights")
 class DynamicalLoss(_Loss):
     """Cross-entropy weighted per class by ``dynamical_weights`` at the step set by ``set_step``.
 

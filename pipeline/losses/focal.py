@@ -52,7 +52,7 @@ def softmax_focal_loss(
     return loss
 
 
-@register_loss("focal")
+@register_loss("focal", weights_param="alpha")
 class FocalLoss(_Loss):
     """Softmax focal loss module. ``alpha``: None, a list of C floats, or a weighting scheme
     name ('inverse', 'sqrt', 'effective'; needs class_counts), normalised to mean 1 over the

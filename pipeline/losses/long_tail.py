@@ -7,12 +7,13 @@ At inference the model's raw logits are used: the adjustment exists only in trai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from pipeline.errors import ConfigError, TrainingError
+from pipeline.errors import ConfigError
 from pipeline.losses._checks import (
     channel_view,
     check_ignore_index,
@@ -23,7 +24,7 @@ from pipeline.losses._checks import (
     valid_mask,
 )
 from pipeline.losses.registry import register_loss
-from pipeline.losses.weighting import check_class_counts, class_priors, class_weights
+from pipeline.losses.weighting import check_class_counts, class_priors, resolve_weights
 
 
 def _counts(class_counts: Sequence[float] | None, num_classes: int) -> list[float]:
@@ -103,18 +104,20 @@ def ldam_margins(class_counts: Sequence[float], max_margin: float) -> torch.Tens
     return (raw * (max_margin / raw.max())).to(torch.float32)
 
 
-@register_loss("ldam")
+@register_loss("ldam", weights_param="weights")
 class LDAMLoss(_Loss):
-    """Label-distribution-aware margin loss with optional deferred re-weighting (DRW): Cao, Wei,
-    Gaidon, Arechiga and Ma, "Learning Imbalanced Datasets with Label-Distribution-Aware Margin
-    Loss", NeurIPS 2019 (follows the authors' code, github.com/kaidic/LDAM-DRW).
+    """Label-distribution-aware margin loss: Cao, Wei, Gaidon, Arechiga and Ma, "Learning Imbalanced
+    Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019 (follows the authors' code,
+    github.com/kaidic/LDAM-DRW).
 
         loss_i = w_{y_i} * CE( s * (f_i - Delta_{y_i} e_{y_i}), y_i )
         Delta_j ∝ n_j^(-1/4),  max_j Delta_j = max_margin
 
-    w = 1 before DRW; from step >= drw_start * total_steps, w are the effective-number weights
-    (Cui et al. 2019) with beta = drw_beta (mean 1 over the training samples, as every weighting;
-    'mean' is torch's weighted mean, which no rescaling of w changes).
+    ``weights``: none (w = 1, the default) or any scheme of pipeline.losses.weighting (mean 1 over
+    the training samples, as every weighting; 'mean' is torch's weighted mean, which no rescaling
+    of w changes). The paper's LDAM-DRW is ``weights: effective, beta: 0.9999, drw_start: 0.8``
+    (uniform weights for the first 80% of training, the effective-number weights of Cui et al.
+    2019 after): ``drw_start`` is the deferral every weighted loss accepts (pipeline.losses.deferred).
 
     f_i are **cosines**: LDAM assumes L2-normalised features and class weights (the authors'
     ``NormedLinear``), and the scale s = 30 turns cosines in [-1, 1] into logits. The loss
@@ -126,6 +129,7 @@ class LDAMLoss(_Loss):
     """
 
     head = "cosine"
+    class_weight: torch.Tensor | None
 
     def __init__(
         self,
@@ -134,8 +138,8 @@ class LDAMLoss(_Loss):
         class_counts: Sequence[float] | None = None,
         max_margin: float = 0.5,
         scale: float = 30.0,
-        drw_start: float | None = None,
-        drw_beta: float = 0.9999,
+        weights: Any = None,
+        beta: float = 0.9999,
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
@@ -146,32 +150,11 @@ class LDAMLoss(_Loss):
         self.ignore_index = check_ignore_index(ignore_index)
         max_margin = check_number("max_margin", max_margin, low=0.0)
         self.register_buffer("margins", ldam_margins(counts, max_margin), persistent=False)
-        self.drw_start = None if drw_start is None else check_number(
-            "drw_start", drw_start, low=0.0, high=1.0, high_open=True
+        self.register_buffer(
+            "class_weight",
+            resolve_weights(weights, num_classes=num_classes, class_counts=counts, beta=beta),
+            persistent=False,
         )
-        beta = check_number("drw_beta", drw_beta, low=0.0, high=1.0, high_open=True)
-        self.register_buffer("drw_weights", class_weights(counts, "effective", beta=beta), persistent=False)
-        self._step: int | None = None
-        self._total_steps: int | None = None
-
-    def set_step(self, step: int, total_steps: int) -> None:
-        """Called by the trainer before every forward; only DRW depends on it."""
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise TrainingError(f"ldam loss: total_steps must be a positive integer, got {total_steps!r}")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
-            raise TrainingError(f"ldam loss: step {step!r} is outside 0..{total_steps}")
-        self._step, self._total_steps = step, total_steps
-
-    def _drw_active(self) -> bool:
-        if self.drw_start is None:
-            return False
-        if self._step is None or self._total_steps is None:
-            raise TrainingError("ldam loss with drw_start: set_step(step, total_steps) was not called before use")
-        return self._step >= self.drw_start * self._total_steps
-
-    def current_weights(self) -> torch.Tensor:
-        """Class weights in use now: ones before DRW, effective-number weights after."""
-        return self.drw_weights.clone() if self._drw_active() else torch.ones(self.num_classes)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = check_inputs(logits, target, self.num_classes, self.ignore_index)
@@ -179,7 +162,7 @@ class LDAMLoss(_Loss):
         target_margin = self.margins.to(device=logits.device, dtype=logits.dtype)[in_range]
         one_hot = F.one_hot(in_range, self.num_classes).movedim(-1, 1).to(logits.dtype)
         adjusted = self.scale * (logits - one_hot * target_margin.unsqueeze(1))
-        weight = self.drw_weights.to(device=logits.device, dtype=logits.dtype) if self._drw_active() else None
+        weight = None if self.class_weight is None else self.class_weight.to(dtype=logits.dtype)
         return F.cross_entropy(
             adjusted, target, weight=weight, ignore_index=self.ignore_index, reduction=self.reduction
         )

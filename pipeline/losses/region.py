@@ -240,7 +240,7 @@ class _DicePlusPixelLoss(_RegionLoss):
         return self.lambda_dice * self.dice.compute(logits, label_map) + self.pixel_term(logits, label_map[:, 0])
 
 
-@register_loss("dice_ce", segmentation_only=True)
+@register_loss("dice_ce", segmentation_only=True, weights_param="weights")
 class DiceCELoss(_DicePlusPixelLoss):
     """lambda_dice * Dice + lambda_ce * CE. ``weights`` (scheme or list, pipeline.losses.weighting)
     weigh the CE part only. Composed rather than monai.losses.DiceCELoss, which also weights the
@@ -281,7 +281,7 @@ class DiceCELoss(_DicePlusPixelLoss):
         return self.lambda_ce * self.ce.compute(logits, target)
 
 
-@register_loss("dice_focal", segmentation_only=True)
+@register_loss("dice_focal", segmentation_only=True, weights_param="weights")
 class DiceFocalLoss(_DicePlusPixelLoss):
     """lambda_dice * Dice + lambda_focal * softmax focal (pipeline.losses.focal). ``weights`` are
     the focal alpha (scheme or list, normalised to mean 1 over the training pixels like every

@@ -6,6 +6,10 @@ parameters. A loss that needs a particular classifier head says so with a class 
 declares ``cosine``, and the classification task builds that head unless the config chooses. ``build_loss`` checks the parameter names against the class signature so that a
 typo in a config fails with the list of what exists, and prefixes every ConfigError with the
 loss name.
+
+A loss registered with ``weights_param`` (the name of its class-weight parameter, ``weights`` or
+``alpha``) also accepts ``drw_start``: deferred re-weighting, in one place for every weighted loss
+(``pipeline.losses.deferred``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from typing import Any, TypeVar
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.losses._checks import check_number
+from pipeline.losses.deferred import DeferredReweighting
+from pipeline.losses.weighting import resolve_weights
 from pipeline.registry import Registry
 
 TASKS = ("classification", "segmentation")
@@ -26,9 +33,12 @@ _LossClass = TypeVar("_LossClass", bound=Callable[..., nn.Module])
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
 
 
-def register_loss(name: str, *, segmentation_only: bool = False) -> Callable[[_LossClass], _LossClass]:
-    """Class decorator adding a loss to the registry under ``name``."""
-    return LOSSES.register(name, segmentation_only=segmentation_only)
+def register_loss(
+    name: str, *, segmentation_only: bool = False, weights_param: str | None = None
+) -> Callable[[_LossClass], _LossClass]:
+    """Class decorator adding a loss to the registry under ``name``. ``weights_param``: the name of
+    the loss's class-weight parameter (None means it has none), which ``drw_start`` defers."""
+    return LOSSES.register(name, segmentation_only=segmentation_only, weights_param=weights_param)
 
 
 def available_losses(task: str | None = None) -> list[str]:
@@ -50,11 +60,14 @@ def loss_parameters(name: str) -> dict[str, Any]:
     """The parameters a loss accepts besides num_classes / class_counts, with their defaults
     (``inspect.Parameter.empty`` for required ones)."""
     factory = LOSSES.get(name)
-    return {
+    accepted = {
         param.name: param.default
         for param in inspect.signature(factory).parameters.values()
         if param.name not in _COMMON and param.kind is not inspect.Parameter.VAR_KEYWORD
     }
+    if LOSSES.info(name).get("weights_param") and "drw_start" not in accepted:
+        accepted["drw_start"] = None
+    return accepted
 
 
 def build_loss(
@@ -72,7 +85,28 @@ def build_loss(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"loss {name!r}: num_classes must be an integer >= 2, got {num_classes!r}")
     try:
+        if params.get("drw_start") is not None and LOSSES.info(name).get("weights_param"):
+            return _deferred_reweighting(name, num_classes, class_counts, params, accepted)
+        params.pop("drw_start", None)
         return LOSSES.get(name)(num_classes=num_classes, class_counts=class_counts, **params)
     except ConfigError as err:
         raise ConfigError(f"loss {name!r}: {err}") from err
+
+
+def _deferred_reweighting(
+    name: str, num_classes: int, class_counts: Sequence[float] | None, params: dict[str, Any], accepted: dict[str, Any]
+) -> nn.Module:
+    """The loss ``name`` without class weights until ``drw_start`` of training, with them after."""
+    params = dict(params)
+    start = check_number("drw_start", params.pop("drw_start"), low=0.0, high=1.0, high_open=True)
+    key = LOSSES.info(name)["weights_param"]
+    spec = params.get(key, accepted[key])
+    beta = params.get("beta", accepted.get("beta", 0.999))
+    weights = resolve_weights(spec, num_classes=num_classes, class_counts=class_counts, beta=beta, name=key)
+    if weights is None:
+        raise ConfigError(f"drw_start defers the class weights, but {key} is none: set {key} to a scheme or a list")
+    factory = LOSSES.get(name)
+    weighted = factory(num_classes=num_classes, class_counts=class_counts, **params)
+    uniform = factory(num_classes=num_classes, class_counts=class_counts, **{**params, key: None})
+    return DeferredReweighting(uniform, weighted, weights, start)
 

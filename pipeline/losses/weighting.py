@@ -7,6 +7,9 @@ Schemes (M = total count, m_i = count of class i, C = number of classes), before
 - ``effective``: w_i ∝ (1 - beta) / (1 - beta^m_i)
   (Cui, Jia, Lin, Song and Belongie, "Class-Balanced Loss Based on Effective Number of
   Samples", CVPR 2019)
+- ``boundary``:  w_i / w_maj = sqrt((1 + eps / pi_i^2) / (1 + eps / pi_maj^2)), the weights that put the
+  optimum of the seeds' one-threshold model exactly on the class boundary (``boundary_weights``;
+  needs ``eps``: write ``{scheme: boundary, eps: 0.01}``)
 - ``none``:      w_i = 1
 
 **Mean 1.** Every weight vector a loss gets here, a scheme's or an explicit list, is rescaled by
@@ -17,19 +20,23 @@ equals plain CE, so a fixed learning rate means the same step size whichever wei
 is C times CE at uniform logits). The weights set
 the ratio between classes; the scale is fixed by this rule. Weighted means (torch's
 ``F.cross_entropy(weight=...)``: weighted_ce, dice_ce, LDAM's DRW) are unchanged by any scaling.
+A scheme with parameters may be written as a mapping wherever a scheme name is accepted:
+``{scheme: effective, beta: 0.99}``, ``{scheme: boundary, eps: 0.01}`` (``SCHEME_PARAMETERS``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from pipeline.errors import ConfigError
 
-WEIGHTING_SCHEMES = ("inverse", "sqrt", "effective", "none")
+WEIGHTING_SCHEMES = ("inverse", "sqrt", "effective", "boundary", "none")
+# The parameters a scheme takes, in its mapping form {scheme: <name>, <parameter>: <value>}.
+SCHEME_PARAMETERS: dict[str, tuple[str, ...]] = {"effective": ("beta",), "boundary": ("eps",)}
 
 
 def check_class_counts(class_counts: Any, num_classes: int | None = None) -> list[float]:
@@ -60,9 +67,61 @@ def check_class_counts(class_counts: Any, num_classes: int | None = None) -> lis
     return counts
 
 
-def class_weights(class_counts: Sequence[float], scheme: str, beta: float = 0.999) -> torch.Tensor:
+def check_eps(eps: Any) -> float:
+    """The ``boundary`` scheme's sharpness: a finite number > 0 (0 is ``none``; infinity is ``inverse``)."""
+    if eps is None:
+        raise ConfigError("the 'boundary' scheme needs eps (its sharpness): write {scheme: boundary, eps: 0.01}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ConfigError(f"eps must be a finite number > 0 for the 'boundary' scheme, got {eps!r}")
+    return float(eps)
+
+
+def boundary_weights(class_counts: Sequence[float], eps: float) -> torch.Tensor:
+    """Weights relative to the majority class (float64, shape (C,), majority = 1) that put the optimum
+    of the seeds' one-threshold model on the class boundary (Le Bich Phuong and Nguyen Tien Zung,
+    "Gradient flows of loss functions", talk, Ritsumeikan University, Dec 2018; /work/shared/seeds/000).
+
+    Units: ``pi_i = m_i / sum_j m_j`` is class i's share of the training split (images; pixels for
+    segmentation), ``pi_maj = max_j pi_j`` the majority class's share, and ``eps`` is the sharpness
+    in squared units of that share, i.e. the toy model below with the training set's total mass 1:
+
+        w_i / w_maj = (pi_maj / pi_i) * sqrt((pi_i^2 + eps) / (pi_maj^2 + eps))
+                    = sqrt((1 + eps / pi_i^2) / (1 + eps / pi_maj^2))
+
+    It lies between 1 (eps -> 0) and inverse frequency pi_maj / pi_i (eps -> infinity); at
+    eps = pi_i * pi_maj it is sqrt(pi_maj / pi_i). Counts and pixel counts give the same weights
+    for the same shares, so eps does not depend on the size of the data set.
+
+    Derivation (two classes). Inputs omega in [a, b) of total mass 1; the minority ("yes") holds
+    [a, a_1), mass m = a_1 - a, the majority ("no") [a_1, b), mass M = b - a_1. The model predicts
+    "yes" where its gain g = phi_eps(omega - theta) > 0, phi_eps(x) = -x / sqrt(x^2 + eps), and
+    training maximises G(theta) = w_+ int_a^a_1 g d omega - w_- int_a_1^b g d omega. Since
+    phi_eps(0) = 0,
+
+        G'(a_1) = w_+ m / sqrt(m^2 + eps) - w_- M / sqrt(M^2 + eps),
+
+    which vanishes, i.e. the optimum sits exactly on the boundary a_1, iff
+    w_+ / w_- = (M / m) sqrt((m^2 + eps) / (M^2 + eps)). Unweighted (w_+ = w_-) the optimum moves
+    into the minority (fewer "yes" than in reality); inverse frequency (M / m) moves it into the
+    majority, since sqrt((m^2 + eps) / (M^2 + eps)) < 1: it overshoots, as the talk warns.
+
+    C classes: each class is weighed against the majority class as the minority of that
+    two-class model (m = pi_i, M = pi_maj). This is exact for C = 2 and a pairwise heuristic
+    beyond. For a deep network eps is not the network's own sharpness: it is the one knob that
+    moves the weights from none to inverse frequency, to be chosen on the validation split.
+    """
+    counts = torch.tensor(check_class_counts(class_counts), dtype=torch.float64)
+    eps = check_eps(eps)
+    shares = counts / counts.sum()
+    return torch.sqrt((1.0 + eps / shares**2) / (1.0 + eps / shares.max() ** 2))
+
+
+def class_weights(
+    class_counts: Sequence[float], scheme: str, beta: float = 0.999, eps: float | None = None
+) -> torch.Tensor:
     """Per-class weights (float32, shape (C,)) from the training-set class counts, normalised to
-    mean 1 over the training samples (``normalise_weights``)."""
+    mean 1 over the training samples (``normalise_weights``); ``eps`` is the ``boundary`` scheme's
+    sharpness (``boundary_weights``)."""
     if scheme not in WEIGHTING_SCHEMES:
         raise ConfigError(f"unknown weighting scheme {scheme!r}; available: {list(WEIGHTING_SCHEMES)}")
     counts = torch.tensor(check_class_counts(class_counts), dtype=torch.float64)
@@ -73,6 +132,8 @@ def class_weights(class_counts: Sequence[float], scheme: str, beta: float = 0.99
         weights = counts.sum() / counts
     elif scheme == "sqrt":
         weights = torch.sqrt(counts.sum() / counts)
+    elif scheme == "boundary":
+        weights = boundary_weights(counts.tolist(), eps)
     else:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
             raise ConfigError(f"beta must lie in [0, 1) for the 'effective' scheme, got {beta!r}")
@@ -115,11 +176,15 @@ def resolve_weights(
     """Turn a config ``weights:`` value into a (C,) tensor normalised to mean 1 over the training
     samples (``normalise_weights``), or None for no weighting.
 
-    ``weights`` is None, a scheme name (needs ``class_counts``), or an explicit list of C
+    ``weights`` is None, a scheme name (needs ``class_counts``), a scheme with its parameters as a
+    mapping (``{scheme: boundary, eps: 0.01}``; ``SCHEME_PARAMETERS``), or an explicit list of C
     non-negative floats. A list gives the ratios between classes and is rescaled like a scheme
     (with uniform priors when there are no ``class_counts``), so a list that repeats a scheme's
     values gives the same loss. ``name`` is the config key, used in error messages.
     """
+    eps = None
+    if isinstance(weights, Mapping):
+        weights, beta, eps = _scheme_mapping(weights, beta, name)
     if weights is None or weights == "none":
         return None
     if isinstance(weights, str):
@@ -131,8 +196,25 @@ def resolve_weights(
         if class_counts is None:
             raise ConfigError(f"{name}: scheme {weights!r} needs class_counts (per-class training counts)")
         check_class_counts(class_counts, num_classes)
-        return class_weights(class_counts, weights, beta=beta)
+        try:
+            return class_weights(class_counts, weights, beta=beta, eps=eps)
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}") from err
     return normalise_weights(_explicit_weights(weights, num_classes, name), class_counts)
+
+
+def _scheme_mapping(spec: Mapping[str, Any], beta: float, name: str) -> tuple[str, float, float | None]:
+    """(scheme, beta, eps) from ``{scheme: <name>, <parameter>: <value>}``."""
+    scheme = spec.get("scheme")
+    if not isinstance(scheme, str) or scheme not in WEIGHTING_SCHEMES:
+        raise ConfigError(
+            f"{name}: a mapping must name its 'scheme', one of {list(WEIGHTING_SCHEMES)}; got {dict(spec)!r}"
+        )
+    allowed = SCHEME_PARAMETERS.get(scheme, ())
+    unknown = sorted(set(spec) - {"scheme", *allowed})
+    if unknown:
+        raise ConfigError(f"{name}: scheme {scheme!r} got unknown parameter(s) {unknown}; it takes {list(allowed)}")
+    return scheme, spec.get("beta", beta), spec.get("eps")
 
 
 def _explicit_weights(weights: Any, num_classes: int, name: str) -> torch.Tensor:

@@ -395,6 +395,23 @@ def classification_sections(
     return section
 
 
+def logit_offsets_section(record: Mapping[str, Any] | None, labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The post-hoc logit offsets the predict stage fitted on the validation split (logit_offsets.json),
+    as table rows and a caption; None when the predictions use none."""
+    if record is None:
+        return None
+    rows = [{"label": labels.get(code, code), "offset": f"{offset:+.3f}"}
+            for code, offset in zip(record["classes"], record["offsets"])]
+    accuracy = record.get("val_balanced_accuracy") or {}
+    before, after = scalar(accuracy.get("before")), scalar(accuracy.get("after"))
+    caption = (f"The test predictions add these offsets to the model's logits before the softmax; they were "
+               f"fitted on the {record.get('n_images', '?')} validation images only "
+               f"({record.get('objective', record.get('method', ''))}).")
+    if before is not None and after is not None:
+        caption += f" Validation balanced accuracy {100 * before:.1f}% without them, {100 * after:.1f}% with them."
+    return {"rows": rows, "caption": caption}
+
+
 def _roc(
     metrics: Mapping[str, Any], labels: Mapping[str, str], highlight: str | None, sink: FigureSink
 ) -> tuple[dict[str, str] | None, list[dict[str, Any]]]:
@@ -661,6 +678,7 @@ def write_experiment_report(
         predictions = read_classification_predictions(run_dir, list(labels))
         context["data"], manifest = data_section(config, task, labels, sink)
         context["classification"] = classification_sections(metrics, predictions, manifest, config, labels, sink)
+        context["classification"]["logit_offsets"] = logit_offsets_section(rundir.read_logit_offsets(run_dir), labels)
         context["segmentation"] = None
     else:
         predictions = rundir.read_predictions(run_dir)

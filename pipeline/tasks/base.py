@@ -5,6 +5,10 @@ A task object is made from one run config (``TASKS.get(cfg["task"])(cfg)``); the
 task (say, lesion instances) is one new module registered in ``pipeline.tasks``.
 Evaluation and reporting never import tasks: they read what a task wrote (predictions.csv and
 metrics.json's ``task`` field, docs/ARCHITECTURE.md).
+
+Optional: ``fit_post_hoc(model, val_frame, device, run_dir, num_workers=0, amp_dtype=None)``. The
+predict stage calls it, when a task has it, with the validation split only, before ``predict``;
+classification fits its post-hoc logit offsets there (``predict.logit_offsets``).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def test_ldam_loss_by_hand():
 
 def test_ldam_deferred_reweighting_switches_at_drw_start():
     counts = [1, 16, 81]
-    loss = build_loss("ldam", num_classes=3, class_counts=counts, scale=2.0, drw_start=0.5, drw_beta=0.9)
+    loss = build_loss("ldam", num_classes=3, class_counts=counts, scale=2.0, drw_start=0.5, weights="effective", beta=0.9)
     with pytest.raises(TrainingError, match="set_step"):
         loss.current_weights()
     loss.set_step(4, 10)
@@ -63,6 +63,21 @@ def test_ldam_deferred_reweighting_switches_at_drw_start():
     ce_2 = -math.log(math.exp(-1 / 3) / (math.exp(-1 / 3) + 2))
     expected = (drw[0].item() * ce_0 + drw[2].item() * ce_2) / (drw[0].item() + drw[2].item())
     assert loss(torch.zeros(2, 3), torch.tensor([0, 2])).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ldam_drw_without_weights_says_what_to_set():
+    with pytest.raises(ConfigError, match="loss 'ldam': drw_start defers the class weights, but weights is none"):
+        build_loss("ldam", num_classes=3, class_counts=[1, 16, 81], drw_start=0.8)
+
+
+def test_ldam_weights_apply_from_the_start_without_drw():
+    counts = [1, 16, 81]
+    weighted = build_loss("ldam", num_classes=3, class_counts=counts, scale=2.0, weights="effective", beta=0.9)
+    w = class_weights(counts, "effective", beta=0.9)
+    ce_0 = -math.log(math.exp(-1.0) / (math.exp(-1.0) + 2))
+    ce_2 = -math.log(math.exp(-1 / 3) / (math.exp(-1 / 3) + 2))
+    expected = (w[0].item() * ce_0 + w[2].item() * ce_2) / (w[0].item() + w[2].item())
+    assert weighted(torch.zeros(2, 3), torch.tensor([0, 2])).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_zero_count_names_the_class():

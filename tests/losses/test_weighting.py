@@ -120,3 +120,93 @@ def test_resolve_scheme_list_and_none():
 def test_resolve_rejects(weights, counts, message):
     with pytest.raises(ConfigError, match=message):
         resolve_weights(weights, num_classes=2, class_counts=counts)
+
+
+# ------------------------------------------------------------------------- the 'boundary' scheme
+from pipeline.losses import build_loss  # noqa: E402
+from pipeline.losses.weighting import boundary_weights  # noqa: E402
+
+
+def relative(weights):
+    """Weights relative to the majority class (index of the largest count is 0 in these tests)."""
+    return weights / weights[0]
+
+
+def test_boundary_two_classes_by_hand():
+    # shares 0.8 / 0.2, eps = 0.01: (0.8 / 0.2) * sqrt((0.04 + 0.01) / (0.64 + 0.01))
+    weights = class_weights([80, 20], "boundary", eps=0.01)
+    assert relative(weights)[1].item() == pytest.approx(4 * math.sqrt(0.05 / 0.65), rel=1e-6)
+
+
+def test_boundary_lies_between_none_and_inverse_frequency():
+    counts = [6705, 1113, 115]  # NV, MEL, DF in ISIC 2018
+    inverse = relative(torch.tensor([1 / c for c in counts], dtype=torch.float64))
+    assert torch.allclose(relative(boundary_weights(counts, 1e-12)), torch.ones(3, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(relative(boundary_weights(counts, 1e6)), inverse, rtol=1e-4)
+    middle = relative(boundary_weights(counts, 1e-3))
+    assert (middle[1:] > 1).all() and (middle[1:] < inverse[1:]).all()
+    # at eps = pi_i * pi_max the weight is sqrt(pi_max / pi_i)
+    shares = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    at = relative(boundary_weights(counts, float(shares[2] * shares[0])))
+    assert at[2].item() == pytest.approx(math.sqrt(counts[0] / counts[2]), rel=1e-9)
+
+
+def test_boundary_depends_on_shares_not_on_data_set_size():
+    assert torch.allclose(class_weights([50, 10, 3], "boundary", eps=0.002),
+                          class_weights([50_000, 10_000, 3_000], "boundary", eps=0.002))
+
+
+def test_boundary_weights_put_the_one_threshold_optimum_on_the_boundary():
+    """The seeds' toy model: omega in [0, 1), minority 'yes' on [0, a1), majority on [a1, 1), gain
+    phi_eps(omega - theta), weighted measure. Its argmax is a1 with 'boundary' weights; unweighted it
+    lies inside the minority, with inverse-frequency weights inside the majority (overshoot)."""
+    from scipy.integrate import quad
+    from scipy.optimize import minimize_scalar
+
+    a1, eps = 0.1, 0.01
+
+    def phi(x):
+        return -x / math.sqrt(x * x + eps)
+
+    def argmax(w_yes, w_no):
+        def gain(theta):
+            yes = quad(lambda w: phi(w - theta), 0.0, a1)[0]
+            no = quad(lambda w: phi(w - theta), a1, 1.0)[0]
+            return w_yes * yes - w_no * no
+
+        return minimize_scalar(lambda t: -gain(t), bounds=(0.0, 1.0), method="bounded",
+                               options={"xatol": 1e-7}).x
+
+    weights = class_weights([90, 10], "boundary", eps=eps)  # majority first
+    assert argmax(weights[1].item(), weights[0].item()) == pytest.approx(a1, abs=1e-4)
+    assert argmax(1.0, 1.0) < a1 - 0.01
+    assert argmax(9.0, 1.0) > a1 + 0.01
+
+
+def test_boundary_scheme_as_a_mapping_wherever_weights_are_accepted():
+    counts = [90, 10, 5]
+    expected = class_weights(counts, "boundary", eps=0.003)
+    spec = {"scheme": "boundary", "eps": 0.003}
+    assert torch.equal(resolve_weights(spec, num_classes=3, class_counts=counts), expected)
+    assert torch.equal(build_loss("weighted_ce", num_classes=3, class_counts=counts, weights=spec).class_weight, expected)
+    assert torch.equal(build_loss("focal", num_classes=3, class_counts=counts, alpha=spec).alpha, expected)
+    effective = resolve_weights({"scheme": "effective", "beta": 0.5}, num_classes=3, class_counts=counts)
+    assert torch.equal(effective, class_weights(counts, "effective", beta=0.5))
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ("boundary", "alpha: the 'boundary' scheme needs eps"),
+        ({"scheme": "boundary"}, "needs eps"),
+        ({"scheme": "boundary", "eps": 0}, r"eps must be a finite number > 0"),
+        ({"scheme": "boundary", "eps": float("inf")}, r"eps must be a finite number > 0"),
+        ({"scheme": "boundary", "eps": "small"}, r"eps must be a finite number > 0"),
+        ({"scheme": "boundary", "eps": 0.1, "beta": 0.9}, r"unknown parameter\(s\) \['beta'\]; it takes \['eps'\]"),
+        ({"scheme": "sqrt", "eps": 0.1}, r"scheme 'sqrt' got unknown parameter\(s\) \['eps'\]"),
+        ({"eps": 0.1}, "must name its 'scheme'"),
+    ],
+)
+def test_boundary_parameters_are_validated(weights, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_weights(weights, num_classes=2, class_counts=[9, 1], name="alpha")

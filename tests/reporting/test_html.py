@@ -292,3 +292,22 @@ def test_segmentation_report_matches_metrics_and_lesion_table(segmentation_repor
     for section in ("per-type", "lesion-confusion", "overlays", "provenance"):
         assert section in report.ids
     assert np.all([src.startswith("data:image/png;base64,") for src in report.images])
+
+
+def test_report_shows_the_fitted_logit_offsets_only_when_the_run_has_them(classification_report, tmp_path):
+    from pipeline import rundir
+
+    _, _, plain = classification_report
+    assert "logit-offsets" not in parse(plain).ids
+    run_dir, config = make_classification_run(tmp_path)
+    classes = config["dataset"]["classes"]
+    offsets = [0.25 * i - 0.75 for i in range(len(classes))]
+    rundir.write_logit_offsets({"method": "fit_val", "split": "val", "n_images": 42, "classes": classes,
+                                "offsets": offsets, "val_balanced_accuracy": {"before": 0.5, "after": 0.625}}, run_dir)
+    out = write_experiment_report(run_dir=run_dir, config=config, out_path=tmp_path / "report.html")
+    rows = parse(out).tables["logit-offsets"]
+    names = config["dataset"]["class_names"]
+    assert [row[1] for row in rows[1:]] == [f"{o:+.3f}" for o in offsets]
+    assert all(row[0].startswith(names[c]) for row, c in zip(rows[1:], classes))
+    text = out.read_text(encoding="utf-8")
+    assert "fitted on the 42 validation images only" in text and "50.0% without them, 62.5% with them" in text
