@@ -189,8 +189,9 @@ def resolve_experiment(config: dict, experiment: str, seed: int) -> dict:
     }
 
 
-# Code that only evaluates or renders results: editing it must not retrain models.
-DOWNSTREAM_PACKAGES = ("evaluation", "reporting")
+# Code that only evaluates or renders results, or runs the toy models of docs/SCIENCE.md (lab):
+# editing it must not retrain models.
+DOWNSTREAM_PACKAGES = ("evaluation", "reporting", "lab")
 # The module each downstream stage runs; its code version covers what that module imports.
 STAGE_ENTRY_MODULES = {
     "evaluate": "pipeline.evaluation.run",
@@ -203,7 +204,7 @@ RESOURCE_SUFFIXES = {".yaml", ".html"}
 def code_version(stage: str = "train") -> str:
     """Package version plus a hash of the sources a stage runs; Snakemake reruns a stage when it changes.
 
-    'train' (training and prediction) covers the package except evaluation/ and reporting/; the
+    'train' (training and prediction) covers the package except evaluation/, reporting/ and lab/; the
     other stages cover exactly the package modules their entry module imports, directly or not
     (``stage_sources``), so editing a figure never reruns the evaluation.
     """

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from pipeline.errors import ConfigError
 from pipeline.registry import Registry
 
 sched = torch.optim.lr_scheduler
@@ -56,6 +57,24 @@ def _step(spec, optimizer, steps_per_epoch: int, total: int, warmup: int):
 @SCHEDULERS.register("onecycle", warmup=False)
 def _onecycle(spec, optimizer, steps_per_epoch: int, total: int, warmup: int):
     return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total, 1))
+
+
+@SCHEDULERS.register("geometric", warmup=False)
+def _geometric(spec, optimizer, steps_per_epoch: int, total: int, warmup: int):
+    """lr(t) = lr * final_factor ** (t / total): geometric decay to ``final_factor`` times the start.
+
+    With the sharpness loss's ``eps_final`` and ``final_factor = eps_final / eps`` this is the learning
+    rate proportional to eps(t) that pipeline/losses/sharpness.py derives (the same step, the same
+    total, so the two stay locked together on resume). No warm-up: it would shift the two apart.
+    """
+    if "final_factor" not in spec:
+        raise ConfigError("train.scheduler: 'geometric' needs final_factor (the lr at the end / the lr at the start)")
+    factor = spec["final_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        raise ConfigError(f"train.scheduler.final_factor must lie in (0, 1], got {factor!r}")
+    if spec.get("warmup_epochs", 0):
+        raise ConfigError("train.scheduler: 'geometric' takes no warmup_epochs (eps and lr must follow the same step)")
+    return sched.LambdaLR(optimizer, lambda step: float(factor) ** (min(step, total) / max(total, 1)))
 
 
 def build_scheduler(spec: dict, optimizer, steps_per_epoch: int, epochs: int):

@@ -5,7 +5,7 @@
 Importing the family modules below registers their losses.
 """
 
-from pipeline.losses import cross_entropy, dynamical, focal, long_tail, region  # noqa: F401  (registration)
+from pipeline.losses import cross_entropy, dynamical, focal, long_tail, region, sharpness  # noqa: F401  (registration)
 from pipeline.losses import class_balanced, ohem  # noqa: F401  (registration)
 from pipeline.losses.dynamical import dynamical_weights
 from pipeline.losses.registry import LOSSES, available_losses, build_loss, loss_head, loss_parameters, register_loss

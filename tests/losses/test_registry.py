@@ -12,7 +12,7 @@ COUNTS = [40, 20, 10, 5]
 
 
 def test_available_losses_lists_every_family():
-    expected = {"ce", "weighted_ce", "focal", "dynamical", "logit_adjusted", "balanced_softmax", "ldam", "ohem", "cb_focal"}
+    expected = {"ce", "weighted_ce", "focal", "dynamical", "logit_adjusted", "balanced_softmax", "ldam", "ohem", "cb_focal", "sharpness"}
     assert set(available_losses()) == expected | SEGMENTATION_ONLY
     assert set(available_losses("classification")) == expected
 

@@ -1,0 +1,178 @@
+"""Sharpness-controlled margin loss: the gain phi_eps(x) = -x / sqrt(x^2 + eps) of Le Bich Phuong and
+Nguyen Tien Zung, "Gradient flows of loss functions" (talk, Ritsumeikan University, Dec 2018; the
+project's seed ``000``), applied to the multi-class margin.
+
+The talk's one-threshold model (docs/SCIENCE.md, ``pipeline/lab/threshold.py``) shows why eps matters:
+
+- eps -> infinity: phi_eps(x) ~ -x / sqrt(eps), linear in the margin. Every sample pulls on the
+  decision boundary with the same force whatever its margin, so the optimum balances the class
+  *masses* and moves into the minority class (bias against the minority).
+- eps -> 0: phi_eps(x) -> -sign(x), i.e. the loss tends to twice the 0-1 error. Only samples within
+  about sqrt(eps) of the boundary pull, so the optimum tends to the true boundary even on imbalanced
+  data. At eps = 0 the loss is piecewise constant and its gradient is zero almost everywhere.
+- The price (the talk's "sharpen the loss but decrease the learning rate at the same time"): the
+  stochastic gradient gets noisier as eps shrinks. In the one-threshold model with data density rho
+  at the boundary, the population loss has curvature h = 2 rho / sqrt(eps) at the boundary and a
+  single sample's gradient has variance sigma^2 = rho * (3 pi / 8) / sqrt(eps) (the integral of
+  phi_eps'^2). Mini-batch SGD with learning rate lr and batch B is then an Ornstein-Uhlenbeck
+  process around the optimum whose stationary variance is lr sigma^2 / (2 h B) = (3 pi / 32) lr / B:
+  independent of eps. The linearisation holds only while that spread is small against the width
+  sqrt(eps) of the transition, i.e. for Var / eps = (3 pi / 32) lr / (B eps) small. Keeping the
+  relative spread fixed while eps shrinks therefore needs **lr proportional to eps**; with a fixed
+  lr the threshold's spread, measured in units of sqrt(eps), grows like eps^(-1/2) (and, once it
+  exceeds sqrt(eps), in absolute units too). ``pipeline.lab.threshold`` measures both.
+
+Hence the schedule: ``eps_final`` shrinks eps geometrically over the run,
+
+    eps(t) = eps * (eps_final / eps) ** (t / total_steps)            (``sharpness_eps``)
+
+and the coupled learning rate is the scheduler ``geometric`` (pipeline/optim.py) with
+``final_factor = eps_final / eps``, which gives lr(t) / lr(0) = eps(t) / eps exactly (both are
+pure functions of the optimizer step the trainer passes, so a resumed run continues both).
+The margin is in logit units, so eps is in squared logit units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.nn.modules.loss import _Loss
+
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.losses._checks import (
+    check_ignore_index,
+    check_inputs,
+    check_number,
+    check_reduction,
+    fill_ignored,
+    reduce_masked,
+    valid_mask,
+)
+from pipeline.losses.registry import register_loss
+from pipeline.losses.weighting import resolve_weights
+
+
+def sharpness_gain(margin: torch.Tensor, eps: float) -> torch.Tensor:
+    """The talk's gain function phi_eps(x) = -x / sqrt(x^2 + eps), eps > 0.
+
+    Decreasing, phi_eps(0) = 0, limits +1 at x -> -inf and -1 at x -> +inf; slope -1/sqrt(eps) at 0,
+    derivative phi_eps'(x) = -eps / (x^2 + eps)^(3/2).
+    """
+    return -margin * torch.rsqrt(margin * margin + eps)
+
+
+def multiclass_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The margin of each sample (pixel): its true-class logit minus the largest other logit,
+
+        x_i = z_{i, y_i} - max_{j != y_i} z_{i, j}
+
+    (the Crammer-Singer multi-class margin). x > 0 exactly when the argmax is the true class; with
+    two classes it is z_y - z_other, the signed distance to the boundary in logit units.
+
+    Args:
+        logits: (N, C, *spatial), C >= 2.
+        target: (N, *spatial) int64 class indices, all in range (mask ignored entries first).
+    Returns:
+        (N, *spatial) margins; the gradient reaches the true logit and the largest other one.
+    """
+    index = target.unsqueeze(1)
+    true_logit = logits.gather(1, index).squeeze(1)
+    is_true = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, index, True)
+    best_other = logits.masked_fill(is_true, torch.finfo(logits.dtype).min).amax(dim=1)
+    return true_logit - best_other
+
+
+def sharpness_loss(
+    logits: torch.Tensor, target: torch.Tensor, eps: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample (per-pixel) sharpness-controlled loss, no reduction:
+
+        l_i = w_{y_i} * (1 + phi_eps(x_i)) = w_{y_i} * (1 - x_i / sqrt(x_i^2 + eps))
+
+    with x_i the multi-class margin (``multiclass_margin``) and w = 1 without class weights. The
+    constant 1 changes no gradient; it makes the loss lie in (0, 2): 0 when confidently right, 1 on
+    the boundary, 2 when confidently wrong. As eps -> 0 it tends to 2 * [x_i < 0] (twice the 0-1
+    error); as eps -> infinity, sqrt(eps) * (l_i - 1) -> -x_i (a linear margin loss).
+    Gradient: dl_i/dx_i = -w_{y_i} * eps / (x_i^2 + eps)^(3/2), largest (-1/sqrt(eps)) at x_i = 0.
+
+    Le Bich Phuong and Nguyen Tien Zung, "Gradient flows of loss functions", 2018 (see module docstring).
+    """
+    loss = 1.0 + sharpness_gain(multiclass_margin(logits, target), eps)
+    if weight is not None:
+        loss = weight.to(device=logits.device, dtype=logits.dtype)[target] * loss
+    return loss
+
+
+def sharpness_eps(step: int, total_steps: int, eps: float, eps_final: float | None) -> float:
+    """eps at an optimizer step: constant without ``eps_final``, else geometric from eps (step 0) to
+    eps_final (step total_steps): eps * (eps_final / eps) ** (step / total_steps)."""
+    if eps_final is None:
+        return eps
+    return eps * (eps_final / eps) ** (step / total_steps)
+
+
+@register_loss("sharpness")
+class SharpnessLoss(_Loss):
+    """Sharpness-controlled margin loss (``sharpness_loss``) for (N, C) or (N, C, H, W) logits.
+
+    Args:
+        eps: sharpness eps > 0 (squared logit units); smaller is sharper.
+        eps_final: optional; if set, eps shrinks geometrically to it over the run (``sharpness_eps``),
+            driven by ``set_step`` which the trainer calls before every forward. Pair it with the
+            scheduler ``{name: geometric, final_factor: eps_final / eps}`` for the learning rate
+            proportional to eps that the module docstring derives.
+        weights: optional class weights (a scheme of pipeline.losses.weighting or a list of C numbers).
+    'mean' divides by the number of non-ignored samples (pixels), not by the sum of the weights.
+    """
+
+    class_weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_counts: Sequence[float] | None = None,
+        eps: float = 1.0,
+        eps_final: float | None = None,
+        weights: Any = None,
+        beta: float = 0.999,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction=check_reduction(reduction))
+        self.num_classes = num_classes
+        self.eps = check_number("eps", eps, low=0.0, low_open=True)
+        if eps_final is not None:
+            eps_final = check_number("eps_final", eps_final, low=0.0, low_open=True)
+            if eps_final > self.eps:
+                raise ConfigError(f"eps_final ({eps_final}) must not exceed eps ({self.eps}): the schedule sharpens")
+        self.eps_final = eps_final
+        self.ignore_index = check_ignore_index(ignore_index)
+        weight = resolve_weights(weights, num_classes=num_classes, class_counts=class_counts, beta=beta)
+        self.register_buffer("class_weight", weight, persistent=False)
+        self._step: int | None = None
+        self._total_steps: int | None = None
+
+    def set_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before every forward with the optimizer step about to be taken."""
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise TrainingError(f"sharpness loss: total_steps must be a positive integer, got {total_steps!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+            raise TrainingError(f"sharpness loss: step {step!r} is outside 0..{total_steps}")
+        self._step, self._total_steps = step, total_steps
+
+    def current_eps(self) -> float:
+        """eps at the step last set (the constant eps when there is no schedule)."""
+        if self.eps_final is None:
+            return self.eps
+        if self._step is None or self._total_steps is None:
+            raise TrainingError("sharpness loss with eps_final: set_step(step, total_steps) was not called before use")
+        return sharpness_eps(self._step, self._total_steps, self.eps, self.eps_final)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        valid = valid_mask(target, self.ignore_index)
+        loss = sharpness_loss(logits, fill_ignored(target, valid), self.current_eps(), self.class_weight)
+        return reduce_masked(loss, valid, self.reduction)
