@@ -195,8 +195,8 @@ class SegmentationTask:
         return pd.DataFrame(rows)
 
 
-DEFAULT_TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25)
+DEFAULT_TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49)
 
 
 def lesion_label_map(probs: np.ndarray, *, lesion_threshold: float | None, min_lesion_area: int) -> np.ndarray:
