@@ -76,3 +76,15 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch 1, optimizer step 0"):
         training.train(run, threads=1)
     assert not (tmp_path / "results/tiny_ce/seed0/training_summary.json").exists()
+
+
+def test_the_trainer_gives_the_loss_its_steps_per_epoch(tmp_path):
+    # period_epochs: 1 tilts towards the next class each epoch, so the logged weights show the epoch length
+    run = tiny_classification_run(tmp_path, epochs=3)
+    run["loss"] = {"name": "dynamical", "amplitude": 3.0, "period_epochs": 1}
+    summary = training.train(run, threads=1)
+    weights = pd.read_csv(tmp_path / "results/tiny_ce/seed0/loss_weights.csv")
+    per_epoch = summary["steps"] // 3
+    assert len(weights) == summary["steps"] and per_epoch >= 2
+    mid_epoch = weights.iloc[[per_epoch * epoch + per_epoch // 2 for epoch in range(3)]]
+    assert mid_epoch.filter(like="w").to_numpy().argmax(axis=1).tolist() == [0, 1, 2]
