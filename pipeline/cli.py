@@ -8,6 +8,7 @@
     pipeline report   --config C --experiment E [--seed K]
     pipeline compare  --config C
     pipeline list     losses|models|segmenters|adapters|samplers|optimizers|schedulers|tasks
+    pipeline list     experiments --config C            every experiment, grid cells expanded
 A run can also be named by its resolved config file (`--run-config results/E/seedK/run.yaml`).
 """
 
@@ -175,9 +176,33 @@ LISTABLE = {
 }
 
 
+def list_experiments(config: dict) -> list[str]:
+    """One line per experiment of a validated config (grid cells expanded): name, dataset, and the
+    loss and sampler it trains with after the task defaults."""
+    import yaml
+
+    def flow(block: dict) -> str:
+        return yaml.safe_dump(block, default_flow_style=True, sort_keys=False, width=10_000).strip()
+
+    rows = [("experiment", "dataset", "loss", "sampler")]
+    for name, experiment in config["experiments"].items():
+        run = cfgmod.resolve_experiment(config, name, config["seeds"][0])
+        rows.append((name, experiment["dataset"], flow(run["loss"]), flow(run["sampler"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
+    seeds = config["seeds"]
+    lines.append(f"# {len(rows) - 1} experiments x seeds {seeds} = {(len(rows) - 1) * len(seeds)} runs")
+    return lines
+
+
 def cmd_list(args) -> None:
     import importlib
 
+    if args.what == "experiments":
+        if not args.config:
+            raise PipelineError("pipeline list experiments needs --config (the workflow config to expand)")
+        print("\n".join(list_experiments(cfgmod.load_config(args.config))))
+        return
     if args.what == "models":
         from pipeline.models import available_classifiers
         items = available_classifiers(args.pattern or "*")
@@ -241,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paired-bootstrap seed with --runs (with --config: the config's evaluation.bootstrap_seed)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("list", help="what can be named in a config")
-    p.add_argument("what", choices=["models", "segmenters", *LISTABLE])
+    p.add_argument("what", choices=["models", "segmenters", *LISTABLE, "experiments"])
     p.add_argument("pattern", nargs="?", help="glob for models, e.g. 'resnet*'")
+    p.add_argument("--config", help="with experiments: the workflow config whose experiments (grids expanded) to list")
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -1,7 +1,9 @@
 """Load and validate workflow configs, and resolve one experiment's full settings.
 
 The workflow config (``configs/config.yaml``) names datasets and experiments. An experiment is a
-small override of its task's ``defaults`` (nnU-Net style: variants are overrides, not copies). The
+small override of its task's ``defaults`` (nnU-Net style: variants are overrides, not copies).
+``grids`` expand losses × samplers into experiments (``expand_grids``) before anything else reads
+the experiments, so every later stage sees grid cells as ordinary experiments. The
 *resolved* config of one run (experiment × seed) is self-contained: it is written beside every
 checkpoint and is all that the train / predict / evaluate / report stages read.
 """
@@ -84,6 +86,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     config["evaluation"] = {**DEFAULT_EVALUATION, **config.get("evaluation", {})}
     for name, dataset in config["datasets"].items():
         _dataset_defaults(name, dataset)
+    expand_grids(config)
     for name, experiment in config["experiments"].items():
         if experiment["dataset"] not in config["datasets"]:
             raise ConfigError(
@@ -92,7 +95,52 @@ def validate_config(config: dict, source: str = "config") -> dict:
             )
     for task, baseline in config["baselines"].items():
         if baseline not in config["experiments"]:
-            raise ConfigError(f"baselines.{task} = {baseline!r} is not an experiment of this config")
+            raise ConfigError(f"baselines.{task} = {baseline!r} is not an experiment of this config "
+                              f"(grid cells included): {list(config['experiments'])}")
+    return config
+
+
+def grid_cell_name(grid: str, loss_label: str, sampler_label: str | None) -> str:
+    """``<grid>_<loss>``, then ``_<sampler>`` when the grid lists two or more samplers."""
+    return f"{grid}_{loss_label}" if sampler_label is None else f"{grid}_{loss_label}_{sampler_label}"
+
+
+def expand_grids(config: dict) -> dict:
+    """Replace the config's ``grids`` by the experiments they stand for (in place; returns config).
+
+    A grid ``{dataset, losses: {label: loss block}, samplers: {label: sampler block}, <other
+    experiment keys>}`` gives one experiment per (loss, sampler): the shared keys plus that loss
+    and sampler, named ``<grid>_<loss label>``, with ``_<sampler label>`` appended only when the
+    grid lists two or more samplers (one sampler, or none given, applies to every cell).
+    Seeds multiply every experiment as usual (the config's ``seeds``). A cell named like an
+    explicit experiment or another grid's cell is a ConfigError.
+    """
+    experiments = config.setdefault("experiments", {})
+    origin = {name: "an experiment of the config" for name in experiments}
+    for grid_name, grid in config.pop("grids", {}).items():
+        if grid["dataset"] not in config["datasets"]:
+            raise ConfigError(f"grid {grid_name!r} names dataset {grid['dataset']!r}, "
+                              f"which is not among the config's datasets: {sorted(config['datasets'])}")
+        shared = {key: value for key, value in grid.items() if key not in ("losses", "samplers", "description")}
+        samplers = grid.get("samplers") or {}
+        sampler_axis = list(samplers.items()) if samplers else [(None, None)]
+        for loss_label, loss in grid["losses"].items():
+            for sampler_label, sampler in sampler_axis:
+                name = grid_cell_name(grid_name, loss_label, sampler_label if len(samplers) > 1 else None)
+                cell_of = f"loss {loss_label!r}" + (f", sampler {sampler_label!r}" if sampler_label else "")
+                if name in origin:
+                    raise ConfigError(f"grid {grid_name!r} ({cell_of}) makes experiment {name!r}, "
+                                      f"which is already {origin[name]}: rename the grid or a label")
+                cell = copy.deepcopy(shared)
+                cell["loss"] = copy.deepcopy(loss)
+                if sampler is not None:
+                    cell["sampler"] = copy.deepcopy(sampler)
+                where = f"grid {grid_name}: {cell_of}"
+                cell["description"] = f"{grid['description']} ({where})" if grid.get("description") else where
+                experiments[name] = cell
+                origin[name] = f"a cell of grid {grid_name!r} ({cell_of})"
+    if not experiments:
+        raise ConfigError("the config has no experiments (give `experiments`, `grids`, or both)")
     return config
 
 

@@ -225,7 +225,7 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
             break
         step = state["global_step"]
         if hasattr(criterion, "set_step"):
-            criterion.set_step(step, total_steps)
+            criterion.set_step(step, total_steps, steps_per_epoch=steps_per_epoch)
         inputs = inputs.to(trainer.device, non_blocking=True)
         targets = targets.to(trainer.device, non_blocking=True)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):

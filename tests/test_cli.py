@@ -19,3 +19,22 @@ def test_compare_uses_the_configs_bootstrap_settings(tmp_path, monkeypatch):
     assert (seen["n_bootstrap"], seen["bootstrap_seed"]) == (250, 7)
     assert cli.main(["compare", "--runs", "r/a/seed0", "--n-bootstrap", "300", "--bootstrap-seed", "3"]) == 0
     assert (seen["n_bootstrap"], seen["bootstrap_seed"]) == (300, 3)
+
+
+def test_list_experiments_shows_the_grid_expansion(tmp_path, capsys):
+    config = yaml.safe_load((Path(cli.__file__).parents[1] / "configs" / "config.yaml").read_text())
+    config["seeds"] = [0, 1]
+    config["grids"] = {"lab": {"dataset": "isic_synthetic",
+                               "losses": {"ce": {"name": "ce"}, "focal": {"name": "focal", "gamma": 1.0}},
+                               "samplers": {"none": {"name": "none"}, "over": {"name": "oversample"}}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert cli.main(["list", "experiments", "--config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert list(rows)[-4:] == ["lab_ce_none", "lab_ce_over", "lab_focal_none", "lab_focal_over"]
+    assert "{name: focal, gamma: 1.0}" in rows["lab_focal_over"] and rows["lab_focal_over"].endswith("{name: oversample}")
+    assert rows["cls_ce"].split()[1] == "isic_synthetic"
+    n = len(config["experiments"]) + 4
+    assert lines[-1] == f"# {n} experiments x seeds [0, 1] = {2 * n} runs"
+    assert cli.main(["list", "experiments"]) == 2  # needs --config

@@ -114,3 +114,99 @@ def test_grading_thresholds_default_to_hayashi_and_synthetic_sets_its_own():
     assert cfgmod.validate_config(config)["datasets"]["acne_synthetic"]["grading"] == {"thresholds": [5, 20, 50]}
     assert cfgmod.validate_config(default_config())["datasets"]["acne_synthetic"]["grading"]["thresholds"] == [3, 6, 10]
     assert cfgmod.validate_config(default_config())["evaluation"]["split_touching"] is True
+
+
+def grid_config(**grid_overrides) -> dict:
+    """The default config plus a grid of 2 losses x 2 samplers on the classification data."""
+    config = default_config()
+    config["grids"] = {"lab": {
+        "dataset": "isic_synthetic",
+        "description": "loss lab",
+        "train": {"epochs": 3},
+        "losses": {"ce": {"name": "ce"}, "focal": {"name": "focal", "gamma": 2.0}},
+        "samplers": {"shuffle": {"name": "none"}, "over": {"name": "oversample", "coefficients": "isic2018"}},
+        **grid_overrides,
+    }}
+    return config
+
+
+def test_a_grid_expands_into_one_experiment_per_loss_and_sampler():
+    config = cfgmod.validate_config(grid_config())
+    cells = [name for name in config["experiments"] if name.startswith("lab_")]
+    assert cells == ["lab_ce_shuffle", "lab_ce_over", "lab_focal_shuffle", "lab_focal_over"]
+    assert "grids" not in config  # expanded: every later stage sees experiments only
+    assert config["experiments"]["lab_focal_over"] == {
+        "dataset": "isic_synthetic", "train": {"epochs": 3}, "loss": {"name": "focal", "gamma": 2.0},
+        "sampler": {"name": "oversample", "coefficients": "isic2018"},
+        "description": "loss lab (grid lab: loss 'focal', sampler 'over')"}
+    run = cfgmod.resolve_experiment(config, "lab_focal_over", seed=1)
+    assert run["loss"] == {"name": "focal", "gamma": 2.0} and run["sampler"]["name"] == "oversample"
+    assert run["train"]["epochs"] == 3 and run["train"]["batch_size"] == 32  # shared key over the defaults
+    assert run["run_dir"] == str(Path("results") / "lab_focal_over" / "seed1")
+    # validating the validated config again changes nothing (the cells are plain experiments now)
+    assert cfgmod.validate_config(config)["experiments"] == config["experiments"]
+
+
+def test_one_sampler_or_none_leaves_the_sampler_out_of_the_names():
+    one = cfgmod.validate_config(grid_config(samplers={"over": {"name": "oversample", "coefficients": "isic2018"}}))
+    assert [n for n in one["experiments"] if n.startswith("lab_")] == ["lab_ce", "lab_focal"]
+    assert one["experiments"]["lab_ce"]["sampler"]["name"] == "oversample"
+    config = grid_config()
+    del config["grids"]["lab"]["samplers"]
+    none = cfgmod.validate_config(config)
+    assert "sampler" not in none["experiments"]["lab_focal"]  # the task's default sampler
+    assert cfgmod.resolve_experiment(none, "lab_focal", 0)["sampler"] == {"name": "none"}
+
+
+def test_a_grid_cell_resolves_like_the_same_experiment_written_by_hand():
+    config = cfgmod.validate_config(grid_config())
+    by_hand = default_config()
+    by_hand["experiments"]["hand"] = {"dataset": "isic_synthetic", "train": {"epochs": 3},
+                                      "loss": {"name": "ce"}, "sampler": {"name": "oversample", "coefficients": "isic2018"}}
+    by_hand = cfgmod.validate_config(by_hand)
+    cell, hand = cfgmod.resolve_experiment(config, "lab_ce_over", 0), cfgmod.resolve_experiment(by_hand, "hand", 0)
+    for key in ("task", "dataset", "model", "loss", "sampler", "train", "predict", "evaluation"):
+        assert cell[key] == hand[key], key
+
+
+def test_a_config_of_grids_only_validates_and_its_baseline_may_be_a_cell():
+    config = grid_config()
+    del config["experiments"]
+    config["baselines"] = {"classification": "lab_ce_shuffle"}
+    validated = cfgmod.validate_config(config)
+    assert list(validated["experiments"])[0] == "lab_ce_shuffle" and len(validated["experiments"]) == 4
+    from pipeline.cli import baselines_of
+    assert baselines_of(validated)["classification"] == "lab_ce_shuffle"
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        # a cell named like an explicit experiment, or like another grid's cell
+        (lambda c: c["experiments"].update(lab_ce_over={"dataset": "isic_synthetic"}),
+         r"grid 'lab' \(loss 'ce', sampler 'over'\) makes experiment 'lab_ce_over', which is already an experiment"),
+        (lambda c: c["grids"].update({"lab_ce": {"dataset": "isic_synthetic", "losses": {"over": {"name": "ce"}}}}),
+         r"grid 'lab_ce' \(loss 'over'\) makes experiment 'lab_ce_over', which is already a cell of grid 'lab'"),
+        (lambda c: c["grids"]["lab"].update(dataset="nope"), "grid 'lab' names dataset 'nope'"),
+        (lambda c: c.update(baselines={"classification": "lab_ce"}), r"not an experiment .*'lab_ce_shuffle'"),
+        (lambda c: c["grids"]["lab"].update(loss={"name": "ce"}), "schema"),  # losses, not loss, in a grid
+        (lambda c: c["grids"]["lab"].update(losses={}), "schema"),
+        (lambda c: c["grids"]["lab"]["losses"].update({"a/b": {"name": "ce"}}), "schema"),
+        (lambda c: c["grids"]["lab"]["samplers"].update(bad={"coefficients": "isic2018"}), "schema"),  # no name
+        (lambda c: (c.pop("experiments"), c.pop("grids")), "schema"),
+    ],
+)
+def test_invalid_grids_are_rejected_with_a_message(mutate, message):
+    config = grid_config()
+    mutate(config)
+    with pytest.raises(ConfigError, match=message):
+        cfgmod.validate_config(config)
+
+
+def test_the_dynamical_study_config_expands_and_shares_the_default_data():
+    study = cfgmod.load_config(ROOT / "configs" / "studies" / "dynamical.yaml")
+    default = cfgmod.validate_config(default_config())
+    assert study["datasets"]["isic_synthetic"] == default["datasets"]["isic_synthetic"]
+    assert study["baselines"]["classification"] in study["experiments"]
+    dynamical = [e for e in study["experiments"].values() if e["loss"]["name"] == "dynamical"]
+    assert len(dynamical) == 19 and all(cfgmod.resolve_experiment(study, name, 0) for name in study["experiments"])

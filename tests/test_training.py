@@ -137,3 +137,15 @@ def test_resume_across_deferred_reweighting_and_resampling_matches_an_uninterrup
     after = weights.loc[weights["step"] >= 3, ["w0", "w1", "w2"]].drop_duplicates().to_numpy()
     expected = normalise_weights(torch.tensor([1.0, 2.0, 4.0]), reference["train_class_counts"])  # mean 1 per sample
     assert after.shape == (1, 3) and after[0] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_the_trainer_gives_the_loss_its_steps_per_epoch(tmp_path):
+    # period_epochs: 1 tilts towards the next class each epoch, so the logged weights show the epoch length
+    run = tiny_classification_run(tmp_path, epochs=3)
+    run["loss"] = {"name": "dynamical", "amplitude": 3.0, "period_epochs": 1}
+    summary = training.train(run, threads=1)
+    weights = pd.read_csv(tmp_path / "results/tiny_ce/seed0/loss_weights.csv")
+    per_epoch = summary["steps"] // 3
+    assert len(weights) == summary["steps"] and per_epoch >= 2
+    mid_epoch = weights.iloc[[per_epoch * epoch + per_epoch // 2 for epoch in range(3)]]
+    assert mid_epoch.filter(like="w").to_numpy().argmax(axis=1).tolist() == [0, 1, 2]

@@ -161,3 +161,25 @@ def test_snakemake_report_registers_the_reports_and_figures(finished_workflow):
     assert sum(n.endswith("/report.html") for n in names) >= 3, names[:20]  # + the archive's own index
     assert sum(n.endswith("/comparison.html") for n in names) == 1
     assert any(n.endswith("/confusion_matrix_normalized.png") for n in names)
+
+
+def test_a_grid_expands_into_jobs_and_its_baseline_cell_reaches_the_comparison(tmp_path):
+    # a dry run: losses x samplers x seeds jobs, each under results/<grid>_<loss>_<sampler>/seed<k>
+    config = tiny_config()
+    config["seeds"] = [0, 1]
+    config["baselines"] = {"classification": "lab_ce_none"}
+    config["grids"] = {"lab": {
+        "dataset": "isic_tiny",
+        "losses": {"ce": {"name": "ce"}, "dyn": {"name": "dynamical", "amplitude": 3.0, "cycles": 1}},
+        "samplers": {"none": {"name": "none"}, "over": {"name": "oversample", "coefficients": "isic2018"}},
+    }}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    dry = snakemake(tmp_path, "-n")
+    output = dry.stdout + dry.stderr
+    assert dry.returncode == 0, output
+    jobs = dry_run_jobs(output)
+    assert jobs.get("train") == (len(config["experiments"]) + 4) * 2 and jobs.get("compare") == 1, output
+    for cell in ("lab_ce_none", "lab_ce_over", "lab_dyn_none", "lab_dyn_over"):
+        for seed in (0, 1):
+            assert f"results/{cell}/seed{seed}/run.yaml" in output, cell
+    assert "classification=lab_ce_none" in output  # the compare rule's baseline

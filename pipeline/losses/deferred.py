@@ -37,7 +37,7 @@ class DeferredReweighting(_Loss):
         self._step: int | None = None
         self._total_steps: int | None = None
 
-    def set_step(self, step: int, total_steps: int) -> None:
+    def set_step(self, step: int, total_steps: int, steps_per_epoch: int | None = None) -> None:
         """Called by the trainer before every forward; passed on to time-dependent inner losses."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise TrainingError(f"deferred re-weighting: total_steps must be a positive integer, got {total_steps!r}")
@@ -46,7 +46,7 @@ class DeferredReweighting(_Loss):
         self._step, self._total_steps = step, total_steps
         for inner in (self.uniform, self.weighted):
             if hasattr(inner, "set_step"):
-                inner.set_step(step, total_steps)
+                inner.set_step(step, total_steps, steps_per_epoch=steps_per_epoch)
 
     @property
     def active(self) -> bool:

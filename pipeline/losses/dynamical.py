@@ -8,6 +8,12 @@ class at a time being emphasised, so that the loss landscape keeps tilting durin
 
 The schedule is a pure function of the step (``dynamical_weights``); the module holds only
 the step the trainer last set, so resuming from a checkpoint reproduces it exactly.
+
+The period T is given in one of three units (``resolve_period``): optimizer steps (``period``),
+epochs (``period_epochs``), or cycles over the run (``cycles``: every class of the cycle emphasised k
+times in all). The paper's regime is many cycles (3 classes, T = 5000 steps over 70k steps, about 4.7
+cycles) with a large amplitude (A = 70); a period in steps means a different number of cycles at every
+data-set size and batch size, the other two units do not.
 """
 
 from __future__ import annotations
@@ -48,6 +54,41 @@ def check_cycle(cycle: Any, num_classes: int) -> list[int]:
     return [int(index) for index in cycle]
 
 
+PERIOD_UNITS = {"period": 2, "period_epochs": 1, "cycles": 1}  # the three ways to give T, and each one's minimum
+
+
+def check_period_unit(period: Any = None, period_epochs: Any = None, cycles: Any = None) -> tuple[str, int]:
+    """(unit, value) of the one period setting given; ConfigError if none or several are."""
+    given = {key: value for key, value in zip(PERIOD_UNITS, (period, period_epochs, cycles)) if value is not None}
+    if len(given) != 1:
+        raise ConfigError(f"give exactly one of period (steps), period_epochs or cycles; got {sorted(given) or 'none'}")
+    (unit, value), = given.items()
+    return unit, check_int(unit, value, low=PERIOD_UNITS[unit])
+
+
+def resolve_period(unit: str, value: int, *, cycle_length: int, total_steps: int, steps_per_epoch: int | None = None) -> int:
+    """The period T in optimizer steps:
+
+        period: T            T
+        period_epochs: e     T = e * steps_per_epoch
+        cycles: k            T = total_steps // (k * cycle_length)   (k passes over the cycle in the run)
+
+    A period shorter than 2 steps cannot tilt anything: ConfigError naming the setting.
+    """
+    if unit == "period":
+        return value
+    if unit == "period_epochs":
+        if steps_per_epoch is None:
+            raise TrainingError("dynamical loss: period_epochs needs the steps per epoch, which set_step was not given")
+        resolved, why = value * steps_per_epoch, f"period_epochs: {value} x {steps_per_epoch} steps per epoch"
+    else:
+        resolved = total_steps // (value * cycle_length)
+        why = f"cycles: {value} over {cycle_length} classes in {total_steps} steps"
+    if resolved < 2:
+        raise ConfigError(f"dynamical loss: {why} gives a period of {resolved} step(s); it must be >= 2 (fewer cycles, or a longer run)")
+    return resolved
+
+
 def dynamical_weights(
     step: int, num_classes: int, amplitude: float, period: int, cycle: Sequence[int] | None = None
 ) -> torch.Tensor:
@@ -79,11 +120,17 @@ class DynamicalLoss(_Loss):
 
     Args:
         amplitude: A >= 1, the emphasised class's raw weight at mid-period.
-        period: T >= 2, in optimizer steps.
+        period: T >= 2, in optimizer steps; or
+        period_epochs: T in epochs (T = period_epochs * steps per epoch); or
+        cycles: k >= 1 passes over the cycle in the whole run, T = total_steps // (k * len(cycle)).
+            Exactly one of the three. ``period_epochs`` and ``cycles`` mean the same at every data
+            size; T is resolved from what the trainer passes to ``set_step``.
         cycle: class (channel) indices to emphasise in turn; default all classes. For
             segmentation pass only lesion channels (1..C-1) to leave background alone.
-        final_plain_ce: if true, the last period (step >= total_steps - T) is plain CE (times
-            the static weights, if any).
+        final_plain_ce: if true, the last period (step >= total_steps - T, with the resolved T) is
+            plain CE (times the static weights, if any). It replaces whatever the schedule would
+            have emphasised there: with ``cycles: k`` that is the last class of the last cycle, so
+            with ``cycles: 1`` that class is never emphasised.
         weights: optional static class weights under the oscillation (a scheme of
             pipeline.losses.weighting or a list): the loss is Gamma_{y_i}(t) * w_{y_i} * CE_i. Like
             every weight vector of pipeline.losses.weighting they have mean 1 over the training
@@ -100,7 +147,9 @@ class DynamicalLoss(_Loss):
         num_classes: int,
         class_counts: Sequence[float] | None = None,
         amplitude: float,
-        period: int,
+        period: int | None = None,
+        period_epochs: int | None = None,
+        cycles: int | None = None,
         cycle: Sequence[int] | None = None,
         final_plain_ce: bool = False,
         weights: Any = None,
@@ -114,24 +163,31 @@ class DynamicalLoss(_Loss):
         static = resolve_weights(weights, num_classes=num_classes, class_counts=class_counts, beta=beta)
         self.register_buffer("static_weights", static)
         self.amplitude = check_number("amplitude", amplitude, low=1.0)
-        self.period = check_int("period", period, low=2)
         self.cycle = check_cycle(cycle, num_classes)
+        self.period_unit = check_period_unit(period, period_epochs, cycles)
         self.final_plain_ce = check_bool("final_plain_ce", final_plain_ce)
         self.ignore_index = check_ignore_index(ignore_index)
         self._step: int | None = None
         self._total_steps: int | None = None
+        self.period: int | None = None  # T in steps, resolved by set_step
 
-    def set_step(self, step: int, total_steps: int) -> None:
-        """Called by the trainer before every forward with the optimizer step about to be taken."""
+    def set_step(self, step: int, total_steps: int, steps_per_epoch: int | None = None) -> None:
+        """Called by the trainer before every forward with the optimizer step about to be taken, the
+        run's total steps and its steps per epoch (needed by ``period_epochs`` only)."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise TrainingError(f"dynamical loss: total_steps must be a positive integer, got {total_steps!r}")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
             raise TrainingError(f"dynamical loss: step {step!r} is outside 0..{total_steps}")
+        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
+                                            or steps_per_epoch < 1):
+            raise TrainingError(f"dynamical loss: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        self.period = resolve_period(*self.period_unit, cycle_length=len(self.cycle), total_steps=total_steps,
+                                     steps_per_epoch=steps_per_epoch)
         self._step, self._total_steps = step, total_steps
 
     def current_weights(self) -> torch.Tensor:
         """Gamma at the current step (all ones in the final plain-CE period)."""
-        if self._step is None or self._total_steps is None:
+        if self._step is None or self._total_steps is None or self.period is None:
             raise TrainingError("dynamical loss: set_step(step, total_steps) was not called before use")
         if self.final_plain_ce and self._step >= self._total_steps - self.period:
             return torch.ones(self.num_classes)

@@ -155,8 +155,9 @@ class SharpnessLoss(_Loss):
         self._step: int | None = None
         self._total_steps: int | None = None
 
-    def set_step(self, step: int, total_steps: int) -> None:
-        """Called by the trainer before every forward with the optimizer step about to be taken."""
+    def set_step(self, step: int, total_steps: int, steps_per_epoch: int | None = None) -> None:
+        """Called by the trainer before every forward with the optimizer step about to be taken
+        (``steps_per_epoch`` is part of the trainer's call; the eps schedule does not use it)."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise TrainingError(f"sharpness loss: total_steps must be a positive integer, got {total_steps!r}")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:

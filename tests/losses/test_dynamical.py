@@ -5,7 +5,7 @@ import torch
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import build_loss, dynamical_weights
-from pipeline.losses.dynamical import DynamicalLoss
+from pipeline.losses.dynamical import DynamicalLoss, resolve_period
 
 C, A, T = 3, 3.0, 8
 
@@ -81,6 +81,11 @@ def test_use_before_set_step_is_training_error():
         ({"cycle": [1, 1]}, "repeats"),
         ({"amplitude": 0.5}, "amplitude"),
         ({"period": 1}, "period"),
+        ({"period": None}, r"exactly one of period \(steps\), period_epochs or cycles; got none"),
+        ({"cycles": 2}, r"exactly one of .*got \['cycles', 'period'\]"),
+        ({"period": None, "period_epochs": 0}, "period_epochs must be >= 1"),
+        ({"period": None, "cycles": 0}, "cycles must be >= 1"),
+        ({"period": None, "cycles": 1.5}, "cycles must be an integer"),
     ],
 )
 def test_bad_config(params, message):
@@ -107,3 +112,84 @@ def test_static_weights_sit_under_the_oscillation_and_keep_the_ce_scale():
     expected = (gamma[target] * static[target] * per_sample_plain).mean()
     assert torch.allclose(weighted(logits, target), expected)
     assert torch.allclose(plain(logits, target), (gamma[target] * per_sample_plain).mean())
+
+
+def test_period_resolves_from_steps_epochs_or_cycles():
+    assert resolve_period("period", 40, cycle_length=7, total_steps=370) == 40
+    assert resolve_period("period_epochs", 2, cycle_length=7, total_steps=370, steps_per_epoch=37) == 74
+    # cycles: k passes over the cycle in the run, T = total // (k * len(cycle))
+    assert resolve_period("cycles", 1, cycle_length=7, total_steps=370) == 52
+    assert resolve_period("cycles", 3, cycle_length=7, total_steps=370) == 17
+    assert resolve_period("cycles", 3, cycle_length=6, total_steps=360) == 20
+
+
+def test_cycles_use_the_total_steps_the_trainer_passes_and_the_cycle_length():
+    loss = build_loss("dynamical", num_classes=4, amplitude=A, cycles=2, cycle=[1, 3])
+    loss.set_step(0, 100)
+    assert loss.period == 100 // (2 * 2)
+    for step in range(100):
+        loss.set_step(step, 100)
+        assert torch.equal(loss.current_weights(), dynamical_weights(step, 4, A, 25, [1, 3])), step
+
+
+@pytest.mark.parametrize("total", [70, 700, 7000])
+def test_a_cycles_config_means_the_same_at_any_run_length(total):
+    # the class emphasised at a given fraction of the run does not depend on the run's length
+    loss = build_loss("dynamical", num_classes=7, amplitude=A, cycles=2)
+    emphasised = []
+    for fraction in (0.05, 0.2, 0.4, 0.55, 0.8, 0.95):
+        step = int(fraction * total)
+        # mid-period of the period holding `step`, where the emphasised class is the weights' argmax
+        loss.set_step(step, total)
+        mid = (step // loss.period) * loss.period + loss.period // 2
+        loss.set_step(mid, total)
+        emphasised.append(loss.current_weights().argmax().item())
+    assert emphasised == [0, 2, 5, 0, 4, 6]
+
+
+def test_period_epochs_follow_the_steps_per_epoch_and_need_them():
+    loss = build_loss("dynamical", num_classes=C, amplitude=A, period_epochs=2)
+    loss.set_step(0, 300, steps_per_epoch=30)
+    assert loss.period == 60
+    loss.set_step(0, 3000, steps_per_epoch=300)
+    assert loss.period == 600
+    with pytest.raises(TrainingError, match="period_epochs needs the steps per epoch"):
+        loss.set_step(0, 300)
+
+
+def test_a_period_under_two_steps_is_a_config_error_naming_the_setting():
+    loss = build_loss("dynamical", num_classes=7, amplitude=A, cycles=10)
+    with pytest.raises(ConfigError, match="cycles: 10 over 7 classes in 100 steps gives a period of 1 step"):
+        loss.set_step(0, 100)
+    loss.set_step(0, 140)  # 140 // 70 = 2 steps: allowed
+    assert loss.period == 2
+
+
+@pytest.mark.parametrize("unit", [{"cycles": 3}, {"period_epochs": 1}])
+def test_final_plain_ce_period_uses_the_resolved_period(unit):
+    total, per_epoch = 300, 25  # cycles 3 over 3 classes: T = 33; period_epochs 1: T = 25
+    loss = build_loss("dynamical", num_classes=C, amplitude=A, final_plain_ce=True, **unit)
+    loss.set_step(0, total, steps_per_epoch=per_epoch)
+    period = loss.period
+    assert period == (33 if "cycles" in unit else 25)
+    for step in range(total - period, total):
+        loss.set_step(step, total, steps_per_epoch=per_epoch)
+        assert torch.equal(loss.current_weights(), torch.ones(C)), step
+    step = total - period - 1 - period // 2  # mid-period of the one before: still tilted
+    loss.set_step(step, total, steps_per_epoch=per_epoch)
+    assert torch.equal(loss.current_weights(), dynamical_weights(step, C, A, period))
+    assert not torch.equal(loss.current_weights(), torch.ones(C))
+
+
+def test_resume_with_cycles_matches_an_uninterrupted_run():
+    torch.manual_seed(0)
+    logits, target = torch.randn(8, C), torch.randint(0, C, (8,))
+    ran = build_loss("dynamical", num_classes=C, amplitude=A, cycles=2, final_plain_ce=True)
+    values = []
+    for step in range(60):
+        ran.set_step(step, 60)
+        values.append(ran(logits, target).item())
+    for step in (0, 13, 41, 55):  # a fresh module set to any step (a resumed run) continues the schedule
+        fresh = build_loss("dynamical", num_classes=C, amplitude=A, cycles=2, final_plain_ce=True)
+        fresh.set_step(step, 60)
+        assert fresh(logits, target).item() == values[step], step

@@ -49,8 +49,8 @@ def test_unknown_parameter_lists_accepted_ones():
 
 
 def test_missing_required_parameter():
-    with pytest.raises(ConfigError, match=r"'dynamical' needs parameter\(s\) \['period'\]"):
-        build_loss("dynamical", num_classes=3, amplitude=2.0)
+    with pytest.raises(ConfigError, match=r"'dynamical' needs parameter\(s\) \['amplitude'\]"):
+        build_loss("dynamical", num_classes=3, period=4)
 
 
 @pytest.mark.parametrize(

@@ -173,3 +173,32 @@ def test_optimizer_steps_are_shown_and_a_difference_is_flagged(comparison, tmp_p
     assert cells == {e: str(n) for e, n in steps.items()}
     assert html.count('class="warning steps-differ"') == 1
     assert "focal took 290 optimizer steps, ce 100" in html
+
+
+def test_grid_cells_are_compared_against_a_baseline_cell(tmp_path):
+    # the config's grid expands into experiments; the baseline named in the config is a cell, and the
+    # comparison ranks the other cells against it exactly as it does hand-written experiments
+    from pipeline import config as cfgmod
+    from pipeline.cli import baselines_of
+
+    config = cfgmod.validate_config({
+        "datasets": {"isic": {"task": "classification", "adapter": "synthetic_isic", "root": "data", "classes": ISIC_CLASSES}},
+        "baselines": {"classification": "lab_ce"},
+        "grids": {"lab": {"dataset": "isic", "losses": {"ce": {"name": "ce"}, "focal": {"name": "focal"}}}},
+    })
+    cells = list(config["experiments"])
+    assert cells == ["lab_ce", "lab_focal"]
+    runs = make_classification_runs(tmp_path, {"lab_ce": 1.0, "lab_focal": 3.0}, SEEDS)
+    out_csv = tmp_path / "comparison.csv"
+    compare.write_comparison(run_dirs=runs, baselines=baselines_of(config), out_csv=out_csv,
+                             out_html=tmp_path / "comparison.html", n_bootstrap=N_BOOTSTRAP)
+    table = pd.read_csv(out_csv).set_index("experiment")
+    assert list(table.index) == cells and (table["baseline"] == "lab_ce").all()
+    assert table.at["lab_ce", "is_baseline"] and not table.at["lab_focal", "is_baseline"]
+
+    def mean_balanced_accuracy(experiment):
+        frames = [_predictions(tmp_path, experiment, seed) for seed in SEEDS]
+        return np.mean([balanced_accuracy_score(frame["label"], frame["pred"]) for frame in frames])
+
+    expected = mean_balanced_accuracy("lab_focal") - mean_balanced_accuracy("lab_ce")
+    assert table.at["lab_focal", "diff_balanced_accuracy"] == pytest.approx(expected, abs=1e-12)
