@@ -7,19 +7,27 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from pipeline.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def classification_transform(image_size: int, *, train: bool, augment: bool = True,
+def classification_transform(image_size: int, *, train: bool, augment: bool | str = True,
                              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """uint8 HWC numpy -> normalised float CHW tensor.
 
     Dermoscopy has no canonical orientation, so flips and 90° rotations are label-preserving; colour
     jitter is kept small because colour is diagnostic (e.g. blue-grey veil in melanoma).
+    ``augment`` (training only): True = random resized crop (70-100% of the area), flips, 90°
+    rotations and colour jitter; ``"flips"`` = flips and 90° rotations of the resized image only
+    (nothing crops, rescales or recolours: for small lesion crops, docs/BENCHMARKS.md section 6);
+    False = none.
     """
+    if not (isinstance(augment, bool) or augment == "flips"):
+        raise ConfigError(f"train.augment must be true, false or 'flips', got {augment!r}")
     steps: list = [v2.ToImage()]
-    if train and augment:
+    if train and augment is True:
         steps += [
             v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -29,6 +37,9 @@ def classification_transform(image_size: int, *, train: bool, augment: bool = Tr
         ]
     else:
         steps += [v2.Resize((image_size, image_size), antialias=True)]
+        if train and augment == "flips":
+            steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
+                      v2.RandomApply([v2.RandomRotation(degrees=(90, 90))], p=0.5)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
 

@@ -14,6 +14,7 @@ from pipeline.data.datasets import ClassificationDataset
 from pipeline.data.manifest import class_counts
 from pipeline.data.transforms import classification_transform
 from pipeline.models import build_classifier
+from pipeline.rundir import classification_predictions
 from pipeline.sampling import build_sampler
 from pipeline.tasks import TASKS
 
@@ -85,8 +86,4 @@ class ClassificationTask:
     def predict(self, model, frame, device, run_dir: Path, num_workers=0, amp_dtype=None) -> pd.DataFrame:
         """predictions.csv contract: image_id, label, pred, prob_<CLASS> in class-list order."""
         probs = self.probabilities(model, frame, device, num_workers, amp_dtype)
-        table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "label": frame["label"].to_numpy(),
-                              "pred": np.asarray(self.classes)[probs.argmax(axis=1)]})
-        for i, code in enumerate(self.classes):
-            table[f"prob_{code}"] = probs[:, i]
-        return table
+        return classification_predictions(frame["image_id"], frame["label"], probs, self.classes)
