@@ -102,16 +102,25 @@ def cmd_split(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from pipeline.training import train
+    from pipeline.sklearn_trainer import is_sklearn
 
     cfg = _run_config(args)
+    if is_sklearn(cfg):  # model.kind: sklearn (the logistic-regression baseline)
+        from pipeline.sklearn_trainer import train
+    else:
+        from pipeline.training import train
     train(cfg, threads=args.threads)
 
 
 def cmd_predict(args) -> None:
-    from pipeline.predict import predict_run
+    from pipeline.sklearn_trainer import is_sklearn
 
-    predict_run(_run_config(args), args.split)
+    cfg = _run_config(args)
+    if is_sklearn(cfg):
+        from pipeline.sklearn_trainer import predict_run
+    else:
+        from pipeline.predict import predict_run
+    predict_run(cfg, args.split)
 
 
 def cmd_evaluate(args) -> None:

@@ -9,6 +9,7 @@ each file's columns and the run config's fields.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_CONFIG = f"{CHECKPOINT_DIR}/config.yaml"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
 BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"
+SKLEARN_CHECKPOINT = f"{CHECKPOINT_DIR}/best.json"  # a `kind: sklearn` model as plain numbers (no pickle)
 TRAINING_SUMMARY = "training_summary.json"
 HISTORY = "history.csv"
 LOSS_WEIGHTS = "loss_weights.csv"
@@ -107,6 +109,15 @@ def read_yaml_mapping(path: str | os.PathLike[str]) -> dict:
     return data
 
 
+def fingerprint(cfg: Mapping[str, Any], *, with_code: bool = True) -> str:
+    """What makes two runs the same training: everything but where it is written. Resuming also
+    requires the same code version; using a finished checkpoint does not."""
+    keys = ("experiment", "seed", "task", "dataset", "model", "loss", "sampler", "train")
+    keys += ("code_version",) if with_code else ()
+    blob = json.dumps({k: cfg[k] for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def write_run_config(cfg: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     return write_text(path, yaml.safe_dump(dict(cfg), sort_keys=False))
 
@@ -133,6 +144,18 @@ def prediction_columns(task: str, classes: Sequence[str]) -> list[str]:
     if task == "classification":
         return ["image_id", "label", "pred"] + [f"prob_{c}" for c in classes]
     return ["image_id", "pred_mask_path", "true_mask_path"]
+
+
+def classification_predictions(image_ids: Sequence[str], labels: Sequence[str], probs: np.ndarray,
+                               classes: Sequence[str]) -> pd.DataFrame:
+    """predictions.csv rows of a classifier: image_id, label, pred (the most probable class), and
+    prob_<CLASS> in class-list order from ``probs`` (n_images, n_classes)."""
+    probs = np.asarray(probs)
+    table = pd.DataFrame({"image_id": np.asarray(image_ids), "label": np.asarray(labels),
+                          "pred": np.asarray(classes)[probs.argmax(axis=1)]})
+    for i, code in enumerate(classes):
+        table[f"prob_{code}"] = probs[:, i]
+    return table
 
 
 def read_predictions(run_dir: str | os.PathLike[str], required: Sequence[str] = ("image_id",)) -> pd.DataFrame:

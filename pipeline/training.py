@@ -6,7 +6,6 @@ on the validation split (never on test), progress lines and a per-epoch history.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import build_loss
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline import rundir
+from pipeline.rundir import fingerprint
 from pipeline.tasks import get_task
 from pipeline.tasks.base import Task
 
@@ -69,15 +69,6 @@ def distributed_context() -> tuple[int, int]:
         torch.distributed.init_process_group(backend=backend)
     rank = torch.distributed.get_rank() if world_size > 1 else 0
     return world_size, rank
-
-
-def fingerprint(cfg: dict, *, with_code: bool = True) -> str:
-    """What makes two runs the same training: everything but where it is written. Resuming also
-    requires the same code version; using a finished checkpoint does not."""
-    keys = ("experiment", "seed", "task", "dataset", "model", "loss", "sampler", "train")
-    keys += ("code_version",) if with_code else ()
-    blob = json.dumps({k: cfg[k] for k in keys}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def save_atomic(obj, path: Path) -> None:

@@ -5,6 +5,10 @@ stage from predictions), never typed.
 
     python scripts/summarise_runs.py results [--classes DF VASC]
     python scripts/summarise_runs.py results/studies/small_lesions --compact   (segmentation: recall / Dice per type)
+    python scripts/summarise_runs.py results/reference      (scripts/reference_timm_loop.py's reference.json files)
+
+Classification rows also give the accuracy and the training time of a run in minutes (the sum of
+its epochs' seconds in training_summary.json; the logistic-regression baseline's total seconds).
 """
 
 from __future__ import annotations
@@ -29,6 +33,23 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {spread:.3f}{fewer}"
 
 
+def training_minutes(summary: dict) -> float | None:
+    """A run's training time: the baseline's total seconds, else the sum of its epochs' seconds."""
+    if "seconds" in summary:
+        return summary["seconds"] / 60
+    epochs = [row.get("seconds") for row in summary.get("history", [])]
+    return sum(epochs) / 60 if epochs and None not in epochs else None
+
+
+def reference_metrics(result: dict) -> dict:
+    """scripts/reference_timm_loop.py's reference.json in the shape of metrics.json (no AUC)."""
+    recall = result["recall"]
+    return {"task": "classification", "classes": list(recall),
+            "balanced_accuracy": {"value": result["balanced_accuracy"]}, "accuracy": {"value": result["accuracy"]},
+            "per_class": {c: {"sensitivity": {"value": r}} for c, r in recall.items()},
+            "_training": {"seconds": result["seconds"]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
@@ -44,6 +65,8 @@ def main() -> None:
         summary = path.parent / "training_summary.json"
         metrics["_training"] = json.loads(summary.read_text()) if summary.is_file() else {}
         runs[path.parent.parent.name].append(metrics)
+    for path in sorted(args.results.glob("*/seed*/reference.json")):
+        runs[path.parent.parent.name].append(reference_metrics(json.loads(path.read_text())))
     by_task = defaultdict(dict)
     for experiment, metrics in runs.items():
         by_task[metrics[0]["task"]][experiment] = metrics
@@ -52,10 +75,12 @@ def main() -> None:
         classes = args.classes or next(iter(experiments.values()))[0]["classes"]
         classes = [c for c in classes if c in next(iter(experiments.values()))[0]["classes"]]
         if task == "classification":
-            header = ["experiment", "seeds", "balanced accuracy", "macro AUC"] + [f"sens. {c}" for c in classes]
+            header = (["experiment", "seeds", "balanced accuracy", "accuracy", "macro AUC"]
+                      + [f"sens. {c}" for c in classes] + ["train min"])
             rows = [[e, str(len(m)), fmt([x["balanced_accuracy"]["value"] for x in m]),
-                     fmt([x["macro_auc"]["value"] for x in m])]
+                     fmt([x["accuracy"]["value"] for x in m]), fmt([(x.get("macro_auc") or {}).get("value") for x in m])]
                     + [fmt([x["per_class"][c]["sensitivity"]["value"] for x in m]) for c in classes]
+                    + [fmt([training_minutes(x["_training"]) for x in m])]
                     for e, m in experiments.items()]
         elif args.compact:
             header = ["experiment", "seeds", "steps", "val. macro Dice (selection)", "test mean Dice",

@@ -44,6 +44,32 @@ def test_acne04_config_prepares_and_splits_with_the_official_test_set(real_data,
 
 
 @pytest.mark.realdata
+def test_acne04_crops_config_splits_by_photo_and_runs_the_baseline(real_data, tmp_path):
+    config = yaml.safe_load((ROOT / "configs" / "acne04_crops.yaml").read_text())
+    config.update(results_dir=str(tmp_path / "results"), manifests_dir=str(tmp_path / "manifests"),
+                  evaluation={"n_bootstrap": 100})
+    config["experiments"]["crops_logreg"]["model"]["params"] = {"C": 0.001}  # one fit: keep the test short
+    dataset = config["datasets"]["acne04_crops"]
+    dataset["root"] = str(tmp_path / "crops")
+    dataset["params"]["voc_root"] = str(real_data / "acne04_voc")
+    path = tmp_path / "acne04_crops.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["prepare", "--config", str(path), "--dataset", "acne04_crops"]) == 0
+    assert main(["split", "--config", str(path), "--dataset", "acne04_crops"]) == 0
+    split = pd.read_csv(tmp_path / "manifests" / "acne04_crops.split.csv", dtype=str, keep_default_na=False)
+    test_photos = {p.stem for p in (real_data / "acne04_voc" / "test").glob("*.jpg")}
+    assert set(split.loc[split["split"] == "test", "photo"]) == test_photos
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert (split.groupby("group_id")["split"].nunique() == 1).all()  # a photo's crops stay together
+    assert set(split["label"]) == set(dataset["classes"])
+    for stage in ("train", "predict", "evaluate"):  # the logistic-regression baseline: seconds, no GPU
+        assert main([stage, "--config", str(path), "--experiment", "crops_logreg"]) == 0
+    metrics = json.loads((tmp_path / "results" / "crops_logreg" / "seed0" / "metrics.json").read_text())
+    assert metrics["n_images"] == (split["split"] == "test").sum()
+    assert metrics["balanced_accuracy"]["value"] > 0.25  # above chance for 4 classes
+
+
+@pytest.mark.realdata
 @pytest.mark.slow
 def test_ham10000_config_runs_every_stage_on_real_images(real_data, tmp_path):
     config = localised("ham10000.yaml", real_data, tmp_path, "ham10000_sample70")

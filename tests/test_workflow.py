@@ -41,6 +41,8 @@ def tiny_config() -> dict:
         "experiments": {
             "cls_ce": {"dataset": "isic_tiny", "loss": {"name": "ce"}},
             "cls_dynamical": {"dataset": "isic_tiny", "loss": {"name": "dynamical", "amplitude": 3.0, "period": 2}},
+            "cls_logreg": {"dataset": "isic_tiny", "model": {"name": "logreg", "kind": "sklearn", "params": {"pixels": 8}},
+                           "loss": {"name": "weighted_ce", "weights": "inverse"}},
             "seg_dice_ce": {"dataset": "acne_tiny", "loss": {"name": "dice_ce"},
                             "sampler": {"name": "lesion_patches", "ratios": {"nodule": 2}}},
         },
@@ -78,7 +80,12 @@ def test_every_stage_writes_its_outputs(finished_workflow):
         confusion = "lesion_confusion_matrix.png" if experiment.startswith("seg") else "confusion_matrix_counts.png"
         assert (run / "figures" / confusion).is_file(), experiment  # drawn by the report stage
         assert not list(run.glob("*.png")), f"{experiment}: the evaluate stage writes data only"
+    baseline = results / "cls_logreg" / "seed0"  # the sklearn baseline goes through the same rules
+    for name in ("checkpoints/best.json", "training_summary.json", "predictions.csv", "metrics.json", "report.html"):
+        assert (baseline / name).is_file(), f"cls_logreg: {name}"
+    assert not (baseline / "checkpoints" / "best.pt").exists()
     assert (results / "comparison.csv").is_file() and (results / "comparison.html").is_file()
+    assert "cls_logreg" in set(pd.read_csv(results / "comparison.csv")["experiment"])
     assert (finished_workflow / "data_manifests" / "isic_tiny.split.csv").is_file()
     weights = pd.read_csv(results / "cls_dynamical" / "seed0" / "loss_weights.csv")
     assert weights.filter(like="w").sum(axis=1).round(4).eq(7).all()
@@ -129,7 +136,7 @@ def test_editing_a_figure_reruns_the_reports_but_not_the_evaluation(finished_wor
     output = dry.stdout + dry.stderr
     assert dry.returncode == 0, output
     jobs = dry_run_jobs(output)
-    assert jobs.get("report") == 3 and jobs.get("compare") == 1, output
+    assert jobs.get("report") == 4 and jobs.get("compare") == 1, output
     assert "evaluate" not in jobs and "train" not in jobs and "predict" not in jobs, output
 
 

@@ -626,6 +626,8 @@ def _overlays(predictions: pd.DataFrame, run_dir: Path, manifest: pd.DataFrame, 
 # ---------------------------------------------------------------------------------------------
 def provenance(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     checkpoint = run_dir / rundir.BEST_CHECKPOINT
+    if not checkpoint.is_file() and (run_dir / rundir.SKLEARN_CHECKPOINT).is_file():
+        checkpoint = run_dir / rundir.SKLEARN_CHECKPOINT  # a `model.kind: sklearn` run
     manifest = Path(config["dataset"]["manifest"])
     plain = json.loads(json.dumps(config, default=str))  # Paths and the like as strings
     return {

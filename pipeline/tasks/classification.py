@@ -21,6 +21,7 @@ from pipeline.data.transforms import classification_transform
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.losses import loss_head, loss_parameters
 from pipeline.models import HEADS, build_classifier
+from pipeline.rundir import classification_predictions
 from pipeline.sampling import build_sampler
 from pipeline.tasks import TASKS
 
@@ -237,8 +238,4 @@ class ClassificationTask:
                 raise TrainingError("predict.logit_offsets is fit_val but fit_post_hoc was not called first")
             logits = logits + self.offsets
         probs = softmax(logits, axis=1)
-        table = pd.DataFrame({"image_id": frame["image_id"].to_numpy(), "label": frame["label"].to_numpy(),
-                              "pred": np.asarray(self.classes)[probs.argmax(axis=1)]})
-        for i, code in enumerate(self.classes):
-            table[f"prob_{code}"] = probs[:, i]
-        return table
+        return classification_predictions(frame["image_id"], frame["label"], probs, self.classes)

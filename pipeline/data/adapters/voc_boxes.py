@@ -104,8 +104,9 @@ def read_voc(path: Path) -> tuple[tuple[int, int] | None, list[VocObject]]:
     return declared, objects
 
 
-def box_ellipse(obj: VocObject, value: int, width: int, height: int, path: Path, number: int) -> Ellipse:
-    """The ellipse of one box, after the border and area checks described in the module docstring."""
+def clip_box(obj: VocObject, width: int, height: int, path: Path, number: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` of one box clipped to the image, after the border and area checks
+    described in the module docstring."""
     where = f"VOC file {path}: object {number} ({obj.name!r}, box x {obj.xmin}..{obj.xmax}, y {obj.ymin}..{obj.ymax})"
     tol = CLIP_TOLERANCE_PX
     if obj.xmin < -tol or obj.ymin < -tol or obj.xmax > width + tol or obj.ymax > height + tol:
@@ -114,7 +115,12 @@ def box_ellipse(obj: VocObject, value: int, width: int, height: int, path: Path,
     x1, y1 = min(obj.xmax, float(width)), min(obj.ymax, float(height))
     if x1 <= x0 or y1 <= y0:
         raise DataError(f"{where} has zero area")
-    return Ellipse(x0, y0, x1, y1, value)
+    return x0, y0, x1, y1
+
+
+def box_ellipse(obj: VocObject, value: int, width: int, height: int, path: Path, number: int) -> Ellipse:
+    """The ellipse of one box (see :func:`clip_box`)."""
+    return Ellipse(*clip_box(obj, width, height, path, number), value)
 
 
 def _image_row(xml: Path, image: Path, split: str, values: dict[str, int], classes: list[str], root: Path,
@@ -133,7 +139,7 @@ def _image_row(xml: Path, image: Path, split: str, values: dict[str, int], class
                          where=f"VOC file {xml}")
 
 
-def _pairs(folder: Path) -> list[tuple[Path, Path]]:
+def voc_pairs(folder: Path) -> list[tuple[Path, Path]]:
     """(xml, image) pairs by stem; an XML without image or an image without XML -> DataError."""
     images = index_images(folder, recursive=False)
     xmls = {p.stem: p for p in sorted(folder.glob("*.xml"))}
@@ -159,7 +165,7 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
     rows: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
     for folder, split in subset_folders(subsets, root):
-        for xml, image in _pairs(folder):
+        for xml, image in voc_pairs(folder):
             if image.stem in seen:
                 raise DataError(f"two images share the id {image.stem!r}: {seen[image.stem]} and {image}")
             seen[image.stem] = image
