@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--classes", nargs="*", default=None, help="classes / lesion types to show (default: all)")
     parser.add_argument("--compact", action="store_true",
                         help="segmentation: optimizer steps, the validation score that selected the model, and "
-                             "'lesion recall / Dice' per type")
+                             "'lesion recall / Dice' per type; classification: the validation score column added")
     args = parser.parse_args()
 
     runs: dict[str, list[dict]] = defaultdict(list)
@@ -82,6 +82,10 @@ def main() -> None:
                     + [fmt([x["per_class"][c]["sensitivity"]["value"] for x in m]) for c in classes]
                     + [fmt([training_minutes(x["_training"]) for x in m])]
                     for e, m in experiments.items()]
+            if args.compact:  # the validation score that selected each model: choose settings by it, not by test
+                header[2:2] = ["val. balanced accuracy (selection)"]
+                for row, m in zip(rows, experiments.values()):
+                    row[2:2] = [fmt([x["_training"].get("best_val_balanced_accuracy") for x in m])]
         elif args.compact:
             header = ["experiment", "seeds", "steps", "val. macro Dice (selection)", "test mean Dice",
                       "test macro Dice"] + [f"{c}: recall / Dice" for c in classes]
