@@ -9,6 +9,11 @@
   steps with the ISIC 2018 preset). Shards across DDP replicas like torch's DistributedSampler.
 - ``class_balanced``: weighted random sampling with replacement, weight 1 / count(class); an
   epoch keeps the data set's size.
+- ``hard_examples``: online batch selection (Loshchilov and Hutter, 2015): images drawn with
+  replacement, with probability falling with the rank of their latest training loss, so the
+  hardest image is ``pressure`` times as likely as the easiest; images not yet seen rank first.
+  The trainer feeds each batch's per-image losses back (``observe``). An epoch keeps the data
+  set's size.
 - any sampler with ``start: f`` (deferred re-sampling, DRS; Cao et al., NeurIPS 2019): plain
   shuffling for the epochs before ``f * epochs``, the sampler from then on, each epoch of the
   sampler's length (``DeferredSampler``).
@@ -25,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from torch.utils.data import Sampler, WeightedRandomSampler
 
 from pipeline.errors import ConfigError
@@ -169,6 +175,92 @@ class ClassBalancedSampler(WeightedRandomSampler):
         self.generator = _seeded_generator(self.seed, self.rank, _check_int("sampler epoch", epoch, low=0))
 
 
+class HardExampleSampler(Sampler[int]):
+    """Online hard-example sampling: rank-based batch selection after Loshchilov and Hutter, "Online
+    Batch Selection for Faster Training of Neural Networks", ICLR workshop 2016 (arXiv:1511.06343).
+
+    Each image keeps its latest known training loss. Images are ranked by it, hardest first (rank
+    r = 1 … N; ties share their mean rank, and images not yet seen tie at the top), and each epoch
+    draws ``len(self)`` indices with replacement with probability
+
+        p_r ∝ exp(−ln(s) · (r − 1) / (N − 1)),
+
+    so the hardest image is ``s`` = ``pressure`` times as likely as the easiest (s = 1 is uniform
+    sampling with replacement). The trainer reports each batch's per-image losses through
+    ``observe(indices, losses)`` (the indices of ``last_indices`` it consumed) and calls
+    ``end_epoch()`` on every rank after the epoch: the epoch's observations (averaged when an image
+    was drawn twice, and over torchrun ranks) replace the remembered losses. ``state_dict`` holds
+    that memory, so a resumed run draws what the uninterrupted one draws.
+    """
+
+    wants_feedback = True
+
+    def __init__(self, dataset_size: int, pressure: float, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        _check_replicas(num_replicas, rank)
+        self.dataset_size = _check_int("data set size", dataset_size, low=1)
+        if isinstance(pressure, bool) or not isinstance(pressure, (int, float)) or not math.isfinite(pressure) \
+                or pressure < 1:
+            raise ConfigError(f"hard_examples pressure must be a number >= 1 (1: uniform), got {pressure!r}")
+        self.pressure = float(pressure)
+        self.seed = _check_int("sampler seed", seed, low=0)
+        self.num_replicas, self.rank = num_replicas, rank
+        self.num_samples = math.ceil(self.dataset_size / num_replicas)
+        self.losses = np.full(self.dataset_size, np.nan)  # latest known loss per image; nan: not seen yet
+        self._sum = np.zeros(self.dataset_size)
+        self._count = np.zeros(self.dataset_size)
+        self.last_indices: list[int] = []
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = _check_int("sampler epoch", epoch, low=0)
+
+    def probabilities(self) -> np.ndarray:
+        """Selection probability of every image under the current loss memory (sums to 1)."""
+        hardness = np.where(np.isnan(self.losses), np.inf, self.losses)
+        ranks = rankdata(-hardness, method="average")  # 1 = hardest
+        spread = max(self.dataset_size - 1, 1)
+        weights = np.exp(-math.log(self.pressure) * (ranks - 1) / spread)
+        return weights / weights.sum()
+
+    def __iter__(self) -> Iterator[int]:
+        generator = _seeded_generator(self.seed, self.rank, self.epoch)
+        probabilities = torch.from_numpy(self.probabilities())
+        self.last_indices = torch.multinomial(probabilities, self.num_samples, replacement=True,
+                                              generator=generator).tolist()
+        return iter(self.last_indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def observe(self, indices: Sequence[int], losses: Sequence[float]) -> None:
+        """Record the per-image training losses of one batch (its data set indices, in order)."""
+        indices, losses = np.asarray(indices, dtype=np.int64), np.asarray(losses, dtype=np.float64)
+        if indices.shape != losses.shape:
+            raise ValueError(f"observe got {indices.size} indices and {losses.size} losses")
+        np.add.at(self._sum, indices, losses)
+        np.add.at(self._count, indices, 1.0)
+
+    def end_epoch(self) -> None:
+        """Fold the epoch's observations into the memory (summed over torchrun ranks first)."""
+        if self.num_replicas > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            totals = torch.from_numpy(np.stack([self._sum, self._count]))
+            torch.distributed.all_reduce(totals)
+            self._sum, self._count = totals[0].numpy().copy(), totals[1].numpy().copy()
+        seen = self._count > 0
+        self.losses[seen] = self._sum[seen] / self._count[seen]
+        self._sum[:] = 0.0
+        self._count[:] = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": torch.from_numpy(self.losses.copy())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        losses = np.asarray(state["losses"], dtype=np.float64)
+        if losses.shape != (self.dataset_size,):
+            raise ValueError(f"hard_examples state holds {losses.size} losses for a data set of {self.dataset_size}")
+        self.losses = losses.copy()
+
+
 class DeferredSampler(Sampler[int]):
     """Deferred re-sampling (DRS): Cao, Wei, Gaidon, Arechiga and Ma, "Learning Imbalanced Datasets
     with Label-Distribution-Aware Margin Loss", NeurIPS 2019, section 3.3 / appendix (LDAM-DRS).
@@ -195,6 +287,7 @@ class DeferredSampler(Sampler[int]):
         self.seed = _check_int("sampler seed", seed, low=0)
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self.last_indices: list[int] = []
 
     @property
     def active(self) -> bool:
@@ -215,11 +308,31 @@ class DeferredSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.active:
-            return iter(self.inner)
-        return iter(self.shuffled_indices()[self.rank :: self.num_replicas])
+            self.last_indices = list(self.inner)
+        else:
+            self.last_indices = self.shuffled_indices()[self.rank :: self.num_replicas]
+        return iter(self.last_indices)
 
     def __len__(self) -> int:
         return len(self.inner)
+
+    # A feedback sampler (hard_examples) learns the images' losses during the plain epochs too.
+    @property
+    def wants_feedback(self) -> bool:
+        return getattr(self.inner, "wants_feedback", False)
+
+    def observe(self, indices: Sequence[int], losses: Sequence[float]) -> None:
+        self.inner.observe(indices, losses)
+
+    def end_epoch(self) -> None:
+        self.inner.end_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if hasattr(self.inner, "load_state_dict"):
+            self.inner.load_state_dict(state)
 
 
 def check_start(start: Any) -> float:
@@ -261,8 +374,9 @@ def build_sampler(
 ) -> Sampler[int] | None:
     """The sampler a config's ``sampler:`` block asks for, or None for plain shuffling.
 
-    ``spec``: ``{name: none | oversample | class_balanced, coefficients: <preset or mapping>,
-    epoch_size: <nominal | expanded, oversample only>, num_samples: <int, class_balanced only>,
+    ``spec``: ``{name: none | oversample | class_balanced | hard_examples, coefficients: <preset or
+    mapping>, epoch_size: <nominal | expanded, oversample only>, num_samples: <int, class_balanced
+    only>, pressure: <number >= 1, hard_examples only>,
     start: <fraction, any sampler>}``. ``labels`` are class indices into ``classes``. With several
     replicas, class_balanced draws ceil(num_samples / num_replicas) per rank from a rank-specific
     stream (independent draws with replacement need no sharding). ``start`` defers the sampler to
@@ -311,3 +425,8 @@ def _oversampling(spec, labels, classes, seed, num_replicas, rank) -> Oversampli
 def _class_balanced(spec, labels, classes, seed, num_replicas, rank) -> ClassBalancedSampler:
     num_samples = _check_int("class_balanced num_samples", spec.get("num_samples", len(labels)), low=1)
     return ClassBalancedSampler(labels, math.ceil(num_samples / num_replicas), seed, rank=rank)
+
+
+@SAMPLERS.register("hard_examples", keys={"pressure"})
+def _hard_examples(spec, labels, classes, seed, num_replicas, rank) -> HardExampleSampler:
+    return HardExampleSampler(len(labels), spec.get("pressure", 100.0), seed, num_replicas=num_replicas, rank=rank)

@@ -189,6 +189,8 @@ def resume(trainer: Trainer) -> dict:
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     trainer.scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.scaler.load_state_dict(checkpoint["scaler"])
+    if "sampler" in checkpoint:
+        trainer.loader.sampler.load_state_dict(checkpoint["sampler"])
     state = {k: checkpoint[k] for k in state}
     log.info("resuming %s from %s: %d/%d epochs done", trainer.cfg["experiment"], last_path, state["epoch"], trainer.epochs)
     return state
@@ -211,6 +213,9 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
     trainer.net.train()
     running, seen = 0.0, 0
     weight_rows = []
+    sampler = trainer.loader.sampler
+    feedback = getattr(sampler, "wants_feedback", False)  # hard_examples: per-image losses go back to it
+    batch_size = trainer.loader.batch_size
     for batch_index, (inputs, targets) in enumerate(trainer.loader):
         if batch_index >= steps_per_epoch:
             break
@@ -229,6 +234,11 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
                 f"({trainer.run_dir / rundir.LAST_CHECKPOINT}) is kept. "
                 "Lower the learning rate, check the loss parameters, or check the inputs of this batch."
             )
+        if feedback:  # batches come in the sampler's order: batch b holds positions b*B … b*B + len - 1
+            per_image = nn.functional.cross_entropy(logits.detach().float(), targets, reduction="none")
+            first = batch_index * batch_size
+            sampler.observe(sampler.last_indices[first : first + len(targets)],
+                            per_image.reshape(len(targets), -1).mean(1).cpu().tolist())
         optimizer.zero_grad(set_to_none=True)
         trainer.scaler.scale(loss).backward()
         if cfg["train"]["grad_clip"]:
@@ -245,6 +255,8 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
         if trainer.is_main and (batch_index + 1) % progress_every == 0 and batch_index + 1 < steps_per_epoch:
             log.info("%s seed %d | epoch %d/%d | batch %d/%d | loss %.4f", cfg["experiment"], seed, epoch + 1,
                      epochs, batch_index + 1, steps_per_epoch, running / max(seen, 1))
+    if feedback:
+        sampler.end_epoch()  # every rank: the epoch's losses become the memory the next epoch draws from
     return running / max(seen, 1), weight_rows
 
 
@@ -261,6 +273,8 @@ def save_checkpoint(trainer: Trainer, state: dict, improved: bool, weight_rows: 
     checkpoint = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                   "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
                   "fingerprint": trainer.run_id, **state}
+    if getattr(trainer.loader.sampler, "wants_feedback", False):
+        checkpoint["sampler"] = trainer.loader.sampler.state_dict()
     save_atomic(checkpoint, run_dir / rundir.LAST_CHECKPOINT)  # last, so a crash before it resumes from the previous epoch
     pd.DataFrame(state["history"]).to_csv(run_dir / rundir.HISTORY, index=False)
 

@@ -12,6 +12,7 @@ from pipeline.sampling import (
     SAMPLERS,
     ClassBalancedSampler,
     DeferredSampler,
+    HardExampleSampler,
     _seeded_generator,
     build_sampler,
 )
@@ -167,7 +168,7 @@ def test_build_sampler_none_and_class_balanced():
     assert build_sampler({"name": "none"}, LABELS, ["a", "b", "c"], seed=0) is None
     sampler = build_sampler({"name": "class_balanced"}, LABELS, ["a", "b", "c"], seed=0, num_replicas=4, rank=1)
     assert len(sampler) == 2  # ceil(6 / 4)
-    assert SAMPLERS.names() == ["class_balanced", "none", "oversample"]
+    assert SAMPLERS.names() == ["class_balanced", "hard_examples", "none", "oversample"]
 
 
 def test_build_sampler_works_in_a_dataloader():
@@ -282,3 +283,101 @@ def test_deferred_sampler_rejects(spec, epochs, message):
 def test_start_null_is_the_sampler_itself():
     sampler = build_sampler({"name": "class_balanced", "start": None}, LABELS, ["a", "b", "c"], seed=0)
     assert isinstance(sampler, ClassBalancedSampler)
+
+
+# --- hard_examples: rank-based online batch selection (Loshchilov and Hutter 2016)
+def test_hard_example_sampler_is_uniform_before_any_loss_is_known():
+    sampler = HardExampleSampler(10, pressure=100, seed=0)
+    assert torch.allclose(torch.from_numpy(sampler.probabilities()), torch.full((10,), 0.1, dtype=torch.float64))
+
+
+def test_hard_example_probabilities_fall_with_the_loss_rank_by_the_pressure():
+    sampler = HardExampleSampler(5, pressure=100, seed=0)
+    sampler.observe([0, 1, 2, 3, 4], [0.5, 4.0, 0.1, 2.0, 1.0])
+    sampler.end_epoch()
+    p = sampler.probabilities()
+    order = [1, 3, 4, 0, 2]  # hardest first
+    assert all(p[a] > p[b] for a, b in zip(order, order[1:]))
+    assert p[1] / p[2] == pytest.approx(100.0)
+    # neighbouring ranks differ by the same factor 100 ** (1 / 4)
+    assert p[1] / p[3] == pytest.approx(100 ** 0.25)
+
+
+def test_hard_example_pressure_one_is_uniform_and_unseen_images_rank_first():
+    flat = HardExampleSampler(4, pressure=1, seed=0)
+    flat.observe([0, 1], [3.0, 0.1])
+    flat.end_epoch()
+    assert flat.probabilities() == pytest.approx([0.25] * 4)
+    sampler = HardExampleSampler(4, pressure=10, seed=0)
+    sampler.observe([0, 1], [3.0, 0.1])
+    sampler.end_epoch()
+    p = sampler.probabilities()
+    assert p[2] == p[3] > p[0] > p[1]  # not yet seen: tied at the top
+
+
+def test_hard_example_memory_averages_repeats_and_keeps_unobserved_images():
+    sampler = HardExampleSampler(3, pressure=10, seed=0)
+    sampler.observe([0, 0, 1], [1.0, 3.0, 5.0])
+    sampler.end_epoch()
+    assert sampler.losses[:2].tolist() == [2.0, 5.0] and math.isnan(sampler.losses[2])
+    sampler.observe([1], [0.5])
+    sampler.end_epoch()
+    assert sampler.losses[:2].tolist() == [2.0, 0.5]  # image 0 not drawn: its last loss stays
+
+
+def test_hard_example_draws_favour_hard_images_and_keep_the_epoch_length():
+    sampler = HardExampleSampler(100, pressure=100, seed=3)
+    sampler.observe(list(range(100)), [float(i) for i in range(100)])  # image 99 hardest
+    sampler.end_epoch()
+    sampler.set_epoch(1)
+    drawn = list(sampler)
+    assert len(drawn) == len(sampler) == 100 and drawn == sampler.last_indices
+    assert sum(i >= 50 for i in drawn) > 3 * sum(i < 50 for i in drawn)
+
+
+def test_hard_example_draws_depend_on_seed_epoch_and_memory_only():
+    def draws(epoch, seed=0, state=None):
+        sampler = HardExampleSampler(20, pressure=30, seed=seed)
+        if state is not None:
+            sampler.load_state_dict(state)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    trained = HardExampleSampler(20, pressure=30, seed=0)
+    trained.observe(list(range(20)), [float(i % 7) for i in range(20)])
+    trained.end_epoch()
+    state = trained.state_dict()
+    assert draws(2, state=state) == draws(2, state=state)  # a resumed run draws what the first one drew
+    assert draws(2, state=state) != draws(2)  # the memory matters
+    assert draws(2, state=state) != draws(3, state=state)
+    assert draws(2, state=state) != draws(2, seed=1, state=state)
+
+
+def test_hard_example_sampler_shards_its_draws_across_replicas():
+    ranks = [HardExampleSampler(10, pressure=10, seed=0, num_replicas=2, rank=r) for r in (0, 1)]
+    assert [len(s) for s in ranks] == [5, 5]
+    assert list(ranks[0]) != list(ranks[1])
+
+
+@pytest.mark.parametrize("pressure", [0.5, 0, -1, float("nan"), "high", True])
+def test_hard_example_pressure_must_be_at_least_one(pressure):
+    with pytest.raises(ConfigError, match="pressure"):
+        HardExampleSampler(10, pressure=pressure, seed=0)
+
+
+def test_hard_example_state_of_another_data_set_is_refused():
+    with pytest.raises(ValueError, match="3 losses for a data set of 4"):
+        HardExampleSampler(4, pressure=10, seed=0).load_state_dict({"losses": torch.zeros(3)})
+
+
+def test_deferred_hard_examples_learn_the_losses_during_the_plain_epochs():
+    sampler = build_sampler({"name": "hard_examples", "pressure": 10, "start": 0.5}, [0, 1, 0, 1], ["a", "b"],
+                            seed=0, epochs=2)
+    assert isinstance(sampler, DeferredSampler) and sampler.wants_feedback
+    sampler.set_epoch(0)
+    plain = list(sampler)
+    assert sorted(plain) == [0, 1, 2, 3] and sampler.last_indices == plain
+    sampler.observe(plain, [0.1, 0.2, 0.3, 9.0])
+    sampler.end_epoch()
+    assert sampler.state_dict()["losses"].tolist() == pytest.approx(
+        [dict(zip(plain, [0.1, 0.2, 0.3, 9.0]))[i] for i in range(4)])

@@ -32,6 +32,7 @@ def test_train_writes_checkpoints_history_and_resolved_config(tmp_path):
 
 
 OVERSAMPLE = {"name": "oversample", "coefficients": {"A": 1, "B": 3, "C": 2}}
+HARD = {"name": "hard_examples", "pressure": 50}
 
 
 def run_with(path, sampler=None):
@@ -50,7 +51,7 @@ def test_oversampling_takes_the_optimizer_steps_of_plain_shuffling(tmp_path):
     assert expanded["steps"] > plain["steps"]
 
 
-@pytest.mark.parametrize("sampler", [None, OVERSAMPLE], ids=["shuffle", "oversample"])
+@pytest.mark.parametrize("sampler", [None, OVERSAMPLE, HARD], ids=["shuffle", "oversample", "hard_examples"])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler):
     reference = training.train(run_with(tmp_path / "a", sampler), threads=1)
     run = run_with(tmp_path / "b", sampler)
@@ -149,3 +150,15 @@ def test_the_trainer_gives_the_loss_its_steps_per_epoch(tmp_path):
     assert len(weights) == summary["steps"] and per_epoch >= 2
     mid_epoch = weights.iloc[[per_epoch * epoch + per_epoch // 2 for epoch in range(3)]]
     assert mid_epoch.filter(like="w").to_numpy().argmax(axis=1).tolist() == [0, 1, 2]
+
+
+def test_the_trainer_feeds_each_images_loss_back_to_the_hard_example_sampler(tmp_path):
+    summary = training.train(run_with(tmp_path, HARD), threads=1)
+    last = state(tmp_path / "results/tiny_ce/seed0/checkpoints/last.pt")
+    losses = last["sampler"]["losses"]
+    n_train = sum(summary["train_class_counts"])
+    assert losses.shape == (n_train,)
+    seen = ~torch.isnan(losses)
+    assert seen.sum() >= n_train // 2  # two epochs of draws with replacement reach most images
+    assert (losses[seen] >= 0).all() and torch.isfinite(losses[seen]).all()
+    assert summary["steps"] == training.train(run_with(tmp_path / "plain"), threads=1)["steps"]
