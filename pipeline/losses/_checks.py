@@ -12,9 +12,24 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TrainingError
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+def _positive_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def check_step(who: str, step: Any, total_steps: Any, steps_per_epoch: Any = None) -> None:
+    """The arguments of a time-dependent loss's ``set_step`` (the trainer's call; a wrong one is a
+    bug in the caller, so a TrainingError naming the loss)."""
+    if not _positive_int(total_steps):
+        raise TrainingError(f"{who}: total_steps must be a positive integer, got {total_steps!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+        raise TrainingError(f"{who}: step {step!r} is outside 0..{total_steps}")
+    if steps_per_epoch is not None and not _positive_int(steps_per_epoch):
+        raise TrainingError(f"{who}: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
 
 
 def check_reduction(reduction: Any, allowed: tuple[str, ...] = REDUCTIONS) -> str:

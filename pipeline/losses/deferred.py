@@ -21,6 +21,7 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from pipeline.errors import TrainingError
+from pipeline.losses._checks import check_step
 
 
 class DeferredReweighting(_Loss):
@@ -39,10 +40,7 @@ class DeferredReweighting(_Loss):
 
     def set_step(self, step: int, total_steps: int, steps_per_epoch: int | None = None) -> None:
         """Called by the trainer before every forward; passed on to time-dependent inner losses."""
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise TrainingError(f"deferred re-weighting: total_steps must be a positive integer, got {total_steps!r}")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
-            raise TrainingError(f"deferred re-weighting: step {step!r} is outside 0..{total_steps}")
+        check_step("deferred re-weighting", step, total_steps, steps_per_epoch)
         self._step, self._total_steps = step, total_steps
         for inner in (self.uniform, self.weighted):
             if hasattr(inner, "set_step"):

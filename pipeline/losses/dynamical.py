@@ -33,6 +33,7 @@ from pipeline.losses._checks import (
     check_int,
     check_number,
     check_reduction,
+    check_step,
     reduce_masked,
     valid_mask,
 )
@@ -174,13 +175,7 @@ class DynamicalLoss(_Loss):
     def set_step(self, step: int, total_steps: int, steps_per_epoch: int | None = None) -> None:
         """Called by the trainer before every forward with the optimizer step about to be taken, the
         run's total steps and its steps per epoch (needed by ``period_epochs`` only)."""
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise TrainingError(f"dynamical loss: total_steps must be a positive integer, got {total_steps!r}")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
-            raise TrainingError(f"dynamical loss: step {step!r} is outside 0..{total_steps}")
-        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
-                                            or steps_per_epoch < 1):
-            raise TrainingError(f"dynamical loss: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        check_step("dynamical loss", step, total_steps, steps_per_epoch)
         self.period = resolve_period(*self.period_unit, cycle_length=len(self.cycle), total_steps=total_steps,
                                      steps_per_epoch=steps_per_epoch)
         self._step, self._total_steps = step, total_steps

@@ -46,6 +46,7 @@ from pipeline.losses._checks import (
     check_inputs,
     check_number,
     check_reduction,
+    check_step,
     fill_ignored,
     reduce_masked,
     valid_mask,
@@ -158,10 +159,7 @@ class SharpnessLoss(_Loss):
     def set_step(self, step: int, total_steps: int, steps_per_epoch: int | None = None) -> None:
         """Called by the trainer before every forward with the optimizer step about to be taken
         (``steps_per_epoch`` is part of the trainer's call; the eps schedule does not use it)."""
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise TrainingError(f"sharpness loss: total_steps must be a positive integer, got {total_steps!r}")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
-            raise TrainingError(f"sharpness loss: step {step!r} is outside 0..{total_steps}")
+        check_step("sharpness loss", step, total_steps, steps_per_epoch)
         self._step, self._total_steps = step, total_steps
 
     def current_eps(self) -> float:
