@@ -53,7 +53,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
         "predict": {"batch_size": 8, "overlap": 0.25, "min_lesion_area": 2, "lesion_threshold": None,
-                    "tune_postprocessing": False},
+                    "lesion_types": "pixel", "tune_postprocessing": False},
     },
 }
 DEFAULT_SPLIT = {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}

@@ -18,6 +18,7 @@ from pipeline.data.datasets import PatchDataset, SegmentationImages, patch_ratio
 from pipeline.data.io import read_label_map, write_png_atomic
 from pipeline.data.transforms import normalise_image
 from pipeline.data.manifest import resolve
+from pipeline.errors import ConfigError
 from pipeline.models import build_segmenter
 from pipeline.rundir import MASK_DIR
 from pipeline.tasks import TASKS
@@ -97,13 +98,21 @@ class SegmentationTask:
                                               padding_mode="reflect")
         return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
 
+    def split_rule(self) -> dict:
+        """The evaluation's rule for splitting touching lesions (also used by the type vote)."""
+        evaluation = self.cfg["evaluation"]
+        return {"split_touching": bool(evaluation.get("split_touching", True)),
+                "min_peak_distance": int(evaluation.get("min_peak_distance", 3)),
+                "min_neck_depth": float(evaluation.get("min_neck_depth", 1.0))}
+
     def postprocessing(self) -> dict:
-        """The lesion threshold and minimum lesion area in use: tuned on validation when
-        ``tune_postprocessing`` ran (see :meth:`tune_postprocessing`), else the config's."""
-        if self.tuned is not None:
-            return {k: self.tuned[k] for k in ("lesion_threshold", "min_lesion_area")}
+        """The lesion threshold, minimum lesion area and type rule in use: threshold and area tuned
+        on validation when ``tune_postprocessing`` ran (see :meth:`tune_postprocessing`), else the config's."""
         predict = self.cfg["predict"]
-        return {"lesion_threshold": predict.get("lesion_threshold"), "min_lesion_area": predict["min_lesion_area"]}
+        rule = {"lesion_types": predict.get("lesion_types", "pixel"), "split": self.split_rule()}
+        if self.tuned is not None:
+            return {**{k: self.tuned[k] for k in ("lesion_threshold", "min_lesion_area")}, **rule}
+        return {"lesion_threshold": predict.get("lesion_threshold"), "min_lesion_area": predict["min_lesion_area"], **rule}
 
     def label_map(self, model: torch.nn.Module, image: np.ndarray, device: torch.device,
                   amp_dtype: torch.dtype | None = None) -> np.ndarray:
@@ -126,9 +135,8 @@ class SegmentationTask:
         grid = predict.get("tune_grid") or {}
         thresholds = [float(t) for t in grid.get("lesion_threshold", DEFAULT_TUNE_THRESHOLDS)]
         areas = [int(a) for a in grid.get("min_lesion_area", DEFAULT_TUNE_AREAS)]
-        split = {"split_touching": bool(evaluation.get("split_touching", True)),
-                 "min_peak_distance": int(evaluation.get("min_peak_distance", 3)),
-                 "min_neck_depth": float(evaluation.get("min_neck_depth", 1.0))}
+        split = self.split_rule()
+        lesion_types = predict.get("lesion_types", "pixel")
         iou_threshold = float(evaluation.get("iou_threshold", 0.1))
         model.eval()
         data = self.images(val_frame)
@@ -143,7 +151,8 @@ class SegmentationTask:
         for threshold in thresholds:
             counts = np.zeros((len(areas), 3), dtype=np.int64)  # matched, true, predicted lesions per area
             for p, (truth, instances) in zip(probs, references):
-                pred = lesion_label_map(p.astype(np.float32), lesion_threshold=threshold, min_lesion_area=0)
+                pred = lesion_label_map(p.astype(np.float32), lesion_threshold=threshold, min_lesion_area=0,
+                                        lesion_types=lesion_types, split=split)
                 # Removing small lesions drops whole 8-connected components of the lesion union, and the
                 # split of each remaining type component depends on that component only: split once,
                 # then mask per area (the same lesions as remove_small_lesions followed by a split).
@@ -199,19 +208,54 @@ DEFAULT_TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49)
 
 
-def lesion_label_map(probs: np.ndarray, *, lesion_threshold: float | None, min_lesion_area: int) -> np.ndarray:
+LESION_TYPE_RULES = ("pixel", "instance_vote")
+
+
+def lesion_label_map(probs: np.ndarray, *, lesion_threshold: float | None, min_lesion_area: int,
+                     lesion_types: str = "pixel", split: dict | None = None) -> np.ndarray:
     """Label map (uint8) from softmax probabilities (C, H, W), background channel 0.
 
     ``lesion_threshold`` None: each pixel takes its most probable class. A number t: a pixel is a
     lesion where P(lesion) = 1 - P(background) >= t, of its most probable lesion type. Then lesions
-    smaller than ``min_lesion_area`` pixels are removed (:func:`remove_small_lesions`).
+    smaller than ``min_lesion_area`` pixels are removed (:func:`remove_small_lesions`), and with
+    ``lesion_types="instance_vote"`` every lesion instance takes one type (:func:`vote_instance_types`,
+    ``split``: the arguments of ``predicted_instances``).
     """
+    if lesion_types not in LESION_TYPE_RULES:
+        raise ConfigError(f"predict.lesion_types must be one of {list(LESION_TYPE_RULES)}, got {lesion_types!r}")
     if lesion_threshold is None:
         labels = probs.argmax(axis=0)
     else:
         lesion = (1.0 - probs[0]) >= lesion_threshold
         labels = np.where(lesion, probs[1:].argmax(axis=0) + 1, 0)
-    return remove_small_lesions(labels.astype(np.uint8), min_lesion_area)
+    labels = remove_small_lesions(labels.astype(np.uint8), min_lesion_area)
+    if lesion_types == "instance_vote":
+        labels = vote_instance_types(labels, probs, **(split or {}))
+    return labels
+
+
+def vote_instance_types(labels: np.ndarray, probs: np.ndarray, **split) -> np.ndarray:
+    """One type per lesion instance, as HoVer-Net types its nuclei (Graham et al., Medical Image
+    Analysis 2019, section 3.3: the majority type of the instance's pixels), with the vote weighted
+    by probability: the type with the largest summed probability over the instance's pixels.
+
+    Instances are found on the union of all lesion pixels, whatever their type, with the
+    evaluation's split rule (``predicted_instances``: distance-transform peaks and watershed), so two
+    touching lesions with separate centres stay two lesions and keep their own types, while a
+    fringe of another type around one lesion (a pustule's ring read as papule at its rim, a few
+    nodule pixels on a cyst's edge) no longer counts as a separate small lesion.
+    """
+    from pipeline.evaluation.instances import predicted_instances
+
+    instances = predicted_instances((labels > 0).astype(np.uint8), **split)
+    n = int(instances.max(initial=0))
+    if n == 0:
+        return labels
+    flat = instances.ravel()
+    votes = np.stack([np.bincount(flat, weights=probs[c].ravel().astype(np.float64), minlength=n + 1)
+                      for c in range(1, probs.shape[0])], axis=1)
+    types = (votes.argmax(axis=1) + 1).astype(labels.dtype)
+    return np.where(instances > 0, types[instances], 0).astype(labels.dtype)
 
 
 def remove_small_lesions(labels: np.ndarray, min_area: int) -> np.ndarray:

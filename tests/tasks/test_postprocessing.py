@@ -4,9 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
+from scipy import ndimage
 
 from pipeline.data.io import write_instance_map, write_png_atomic
+from pipeline.errors import ConfigError
 from pipeline.tasks.segmentation import SegmentationTask, lesion_label_map
 
 
@@ -18,6 +21,51 @@ def test_lesion_threshold_types_by_the_most_probable_lesion_type():
     assert lesion_label_map(probs, lesion_threshold=None, min_lesion_area=0).tolist() == [[0, 0, 1]]
     assert lesion_label_map(probs, lesion_threshold=0.5, min_lesion_area=0).tolist() == [[1, 0, 1]]
     assert lesion_label_map(probs, lesion_threshold=0.6, min_lesion_area=0).tolist() == [[0, 0, 1]]
+
+
+def _disc(shape, centre, radius):
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def _probs_of(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Softmax-like probabilities: 0.8 on each pixel's label, the rest spread evenly."""
+    probs = np.full((num_classes, *labels.shape), 0.2 / (num_classes - 1), np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), 0.8, axis=0)
+    return probs
+
+
+SPLIT = {"split_touching": True, "min_peak_distance": 3, "min_neck_depth": 1.0}
+
+
+def test_instance_vote_gives_a_lesion_with_a_fringe_of_another_type_one_type():
+    labels = np.zeros((30, 30), np.uint8)
+    papule = _disc(labels.shape, (15, 15), 7)
+    labels[papule] = 3
+    labels[papule & ~_disc(labels.shape, (15, 15), 6) & (np.arange(30)[None, :] > 18)] = 5  # a nodule rim, right side
+    probs = _probs_of(labels, 7)
+    pixel = lesion_label_map(probs, lesion_threshold=None, min_lesion_area=0)
+    assert set(np.unique(pixel)) == {0, 3, 5}  # per pixel: a papule and a crescent-shaped "nodule"
+    voted = lesion_label_map(probs, lesion_threshold=None, min_lesion_area=0, lesion_types="instance_vote", split=SPLIT)
+    assert set(np.unique(voted)) == {0, 3}
+    assert np.array_equal(voted > 0, pixel > 0)  # the vote changes types, never the lesion pixels
+
+
+def test_instance_vote_keeps_touching_lesions_with_their_own_centres_and_types():
+    labels = np.zeros((30, 40), np.uint8)
+    labels[_disc(labels.shape, (15, 12), 6)] = 3  # a papule
+    labels[_disc(labels.shape, (15, 25), 6)] = 4  # a pustule touching it (centres 13 px apart)
+    assert ndimage.label(labels > 0, structure=np.ones((3, 3)))[1] == 1  # one blob of lesion pixels
+    probs = _probs_of(labels, 7)
+    voted = lesion_label_map(probs, lesion_threshold=None, min_lesion_area=0, lesion_types="instance_vote", split=SPLIT)
+    assert voted[15, 12] == 3 and voted[15, 25] == 4
+    assert np.array_equal(voted, labels)
+
+
+def test_unknown_lesion_type_rule_is_a_config_error():
+    with pytest.raises(ConfigError, match="lesion_types"):
+        lesion_label_map(np.ones((2, 3, 3), np.float32) / 2, lesion_threshold=None, min_lesion_area=0,
+                         lesion_types="majority")
 
 
 class _RedIsLesion(torch.nn.Module):
