@@ -109,7 +109,7 @@ class SegmentationTask:
         """The lesion threshold, minimum lesion area and type rule in use: threshold and area tuned
         on validation when ``tune_postprocessing`` ran (see :meth:`tune_postprocessing`), else the config's."""
         predict = self.cfg["predict"]
-        rule = {"lesion_types": predict.get("lesion_types", "pixel"), "split": self.split_rule()}
+        rule = {"lesion_types": predict.get("lesion_types", "instance_vote"), "split": self.split_rule()}
         if self.tuned is not None:
             return {**{k: self.tuned[k] for k in ("lesion_threshold", "min_lesion_area")}, **rule}
         return {"lesion_threshold": predict.get("lesion_threshold"), "min_lesion_area": predict["min_lesion_area"], **rule}
@@ -136,7 +136,7 @@ class SegmentationTask:
         thresholds = [float(t) for t in grid.get("lesion_threshold", DEFAULT_TUNE_THRESHOLDS)]
         areas = [int(a) for a in grid.get("min_lesion_area", DEFAULT_TUNE_AREAS)]
         split = self.split_rule()
-        lesion_types = predict.get("lesion_types", "pixel")
+        lesion_types = predict.get("lesion_types", "instance_vote")
         iou_threshold = float(evaluation.get("iou_threshold", 0.1))
         model.eval()
         data = self.images(val_frame)
