@@ -19,6 +19,7 @@ from pipeline.data.io import read_label_map, write_png_atomic
 from pipeline.data.transforms import normalise_image
 from pipeline.data.manifest import resolve
 from pipeline.errors import ConfigError
+from pipeline.losses import loss_head
 from pipeline.models import build_segmenter
 from pipeline.rundir import MASK_DIR
 from pipeline.tasks import TASKS
@@ -33,6 +34,15 @@ class SegmentationTask:
     score_name = "macro_dice"
 
     def __init__(self, cfg: dict) -> None:
+        loss = (cfg.get("loss") or {}).get("name")
+        # LDAM's margins and scale act on cosines (a cosine classifier head); an SMP model ends in a
+        # convolution that outputs logits, and scaling those by s = 30 would not be LDAM.
+        if loss is not None and loss_head(loss) != "linear":
+            raise ConfigError(f"loss {loss!r} assumes a {loss_head(loss)} classifier head, which only the "
+                              "classification task builds; segmentation models output logits (use a loss of "
+                              "`pipeline list losses` that takes logits, e.g. dice_ce with class weights)")
+        if ((cfg.get("model") or {}).get("head") or "linear") != "linear":
+            raise ConfigError("model.head is a classification setting; segmentation models output logits per pixel")
         self.cfg = cfg
         self.types: list[str] = cfg["dataset"]["classes"]
         self.root = Path(cfg["dataset"]["root"])

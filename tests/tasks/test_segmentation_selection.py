@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.evaluation.segmentation import compute_segmentation_metrics
 from pipeline.tasks.segmentation import SegmentationTask
 
@@ -50,3 +51,14 @@ def test_every_type_weighs_the_same_in_the_selection_score():
 def test_no_lesion_anywhere_scores_zero_not_nan():
     empty = np.zeros((8, 8), np.uint8)
     assert _task_yielding([("a", empty, empty)]).validation_score(model=None, frame=None, device=None) == 0.0
+
+
+@pytest.mark.parametrize("loss, model, message", [
+    ({"name": "ldam"}, {}, "assumes a cosine classifier head, which only the classification task builds"),
+    ({"name": "dice_ce"}, {"head": "cosine"}, "model.head is a classification setting"),
+])
+def test_a_loss_or_head_that_needs_cosines_is_refused_for_segmentation(loss, model, message):
+    cfg = {"task": "segmentation", "dataset": {"classes": TYPES, "root": ".", "mask_root": "."},
+           "loss": loss, "model": {"name": "Unet", **model}}
+    with pytest.raises(ConfigError, match=message):
+        SegmentationTask(cfg)
