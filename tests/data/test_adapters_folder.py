@@ -73,3 +73,36 @@ def test_no_images_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "mel").mkdir()
     with pytest.raises(DataError, match="no images found"):
         build(tmp_path, ["MEL"], tmp_path)
+
+
+def test_split_folders_fix_the_split_imagefolder_layout(tmp_path: Path) -> None:
+    for split, name in [("train", "a"), ("train", "b"), ("Valid", "c"), ("test", "d")]:
+        _image(tmp_path / split / ("MEL" if name in "ac" else "nv") / f"{name}.jpg")
+    manifest = build(tmp_path, CLASSES, tmp_path / "masks").set_index("image_id")
+    assert manifest["split"].to_dict() == {"a": "train", "b": "train", "c": "val", "d": "test"}
+    assert manifest.loc["c", "image_path"] == "Valid/MEL/c.jpg"
+    assert manifest["label"].to_dict() == {"a": "MEL", "b": "NV", "c": "MEL", "d": "NV"}
+    assert manifest.loc["d", "image_path"] == "test/nv/d.jpg"
+
+
+def test_split_fixed_by_folder_survives_the_splitter(tmp_path: Path) -> None:
+    from pipeline.data.splits import split_manifest
+
+    for index in range(12):
+        _image(tmp_path / "train" / ("MEL" if index % 2 else "NV") / f"tr{index}.jpg")
+    for index in range(4):
+        _image(tmp_path / "test" / ("MEL" if index % 2 else "NV") / f"te{index}.jpg")
+    manifest = build(tmp_path, ["MEL", "NV"], tmp_path / "masks")
+    assert set(manifest.loc[manifest["image_id"].str.startswith("tr"), "split"]) == {""}  # no val/: left free
+    split = split_manifest(manifest, task="classification", classes=["MEL", "NV"],
+                           fractions={"train": 0.75, "val": 0.25, "test": 0.0}, seed=0)
+    by_id = split.set_index("image_id")["split"]
+    assert (by_id[[f"te{i}" for i in range(4)]] == "test").all()  # the folder's split is kept
+    assert set(by_id[[f"tr{i}" for i in range(12)]]) == {"train", "val"}  # val is cut from train/ only
+
+
+def test_a_class_folder_next_to_split_folders_is_not_a_split_layout(tmp_path: Path) -> None:
+    _image(tmp_path / "train" / "MEL" / "a.jpg")
+    _image(tmp_path / "NV" / "b.jpg")
+    with pytest.raises(DataError, match="train matches no class"):
+        build(tmp_path, CLASSES, tmp_path / "masks")

@@ -6,7 +6,7 @@ from pipeline.data.adapters import ADAPTERS, get_adapter
 from pipeline.data.adapters import folder, ham10000
 from pipeline.errors import ConfigError
 
-BUILT_IN = ["isic2018", "ham10000", "folder", "voc_boxes", "box_crops", "circles", "masks"]
+BUILT_IN = ["isic2018", "ham10000", "folder", "csv", "voc_boxes", "box_crops", "circles", "masks"]
 
 
 def test_available_adapters_lists_all_sorted() -> None:

@@ -21,7 +21,7 @@ Adapter = Callable[..., pd.DataFrame]
 
 ADAPTERS: Registry[Adapter] = Registry("dataset adapter", modules=[
     f"pipeline.data.adapters.{module}"
-    for module in ("isic2018", "ham10000", "folder", "voc_boxes", "box_crops", "circles", "masks", "synthetic")
+    for module in ("isic2018", "ham10000", "folder", "csv_table", "voc_boxes", "box_crops", "circles", "masks", "synthetic")
 ])
 
 

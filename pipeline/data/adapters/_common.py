@@ -187,7 +187,8 @@ def read_csv(path: Path, required: Iterable[str], what: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{what} {path} not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"{what} {path} is not a readable CSV: {err}") from err
     frame.columns = [str(c).strip() for c in frame.columns]

@@ -1,7 +1,12 @@
 """One folder per class -> classification manifest.
 
 ``image_dir/<class folder>/<image>``: each subfolder name maps case-insensitively to a class
-code, or through ``folder_map``; a subfolder that maps to no class is a DataError. Files
+code, or through ``folder_map``; a subfolder that maps to no class is a DataError.
+``image_dir/<split folder>/<class folder>/<image>`` (torchvision's ImageFolder layout with split
+folders): when every subfolder of ``image_dir`` is a split name (``train``; ``val``, ``valid`` or
+``validation``; ``test``, case-insensitive), each fixes the split of its images. Without a
+validation folder, the images of ``train/`` are left to the splitter, which cuts ``val`` out of them
+(grouped and stratified as usual) and never touches ``test/``. Files
 directly in ``image_dir`` (a README, a CSV) and non-image files are ignored. A folder layout
 says nothing about lesions or patients, so ``group_id = image_id`` and a warning says so.
 
@@ -35,6 +40,7 @@ from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 ADAPTER = "folder"
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,18 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
     root = Path(root)
     image_dir = require_dir(resolve(options.image_dir, root), "image_dir")
 
+    subfolders = [p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if subfolders and all(p.name.lower() in SPLIT_FOLDERS for p in subfolders):
+        split_dirs = [(p, SPLIT_FOLDERS[p.name.lower()]) for p in sorted(subfolders)]
+        if "val" not in {split for _, split in split_dirs}:  # no validation folder: cut it out of train/
+            split_dirs = [(p, "" if split == "train" else split) for p, split in split_dirs]
+    else:
+        split_dirs = [(image_dir, "")]
     rows: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
-    for folder, code in _class_folders(image_dir, classes, options.folder_map).items():
+    class_folders = [(folder, code, split) for split_dir, split in split_dirs
+                     for folder, code in _class_folders(split_dir, classes, options.folder_map).items()]
+    for folder, code, split in class_folders:
         for image_id, image in index_images(folder, recursive=False).items():
             if image_id in seen:
                 raise DataError(f"two images share the id {image_id!r}: {seen[image_id]} and {image}")
@@ -82,7 +97,7 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
                 "image_path": manifest_path(image, root),
                 "label": code,
                 "group_id": image_id,
-                "split": "",
+                "split": split,
                 "source": options.source,
                 "label_origin": "expert",
             })
