@@ -215,7 +215,7 @@ class SegmentationTask:
 
 
 DEFAULT_TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
-DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49)
+DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49, 81, 121)
 
 
 LESION_TYPE_RULES = ("pixel", "instance_vote")
