@@ -202,8 +202,9 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
     steps_per_epoch, criterion, optimizer = trainer.steps_per_epoch, trainer.criterion, trainer.optimizer
     total_steps = steps_per_epoch * epochs
     progress_every = max(steps_per_epoch // 4, 25)  # a progress line about every quarter of a long epoch
-    # Per-epoch seeding (global RNGs for augmentation, the loader's shuffle and worker seeds) makes a
-    # resumed run match an uninterrupted one.
+    # Per-epoch seeding (global RNGs, the loader's shuffle) and the datasets' per-item augmentation
+    # seeds (seed, epoch, item), which reach persistent loader workers through shared memory, make a
+    # resumed run match an uninterrupted one whatever the number of workers.
     seed_everything(seed * 10_007 + epoch)
     trainer.shuffle_generator.manual_seed(seed * 10_007 + epoch)
     if hasattr(trainer.loader.sampler, "set_epoch"):

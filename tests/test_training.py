@@ -35,8 +35,8 @@ OVERSAMPLE = {"name": "oversample", "coefficients": {"A": 1, "B": 3, "C": 2}}
 HARD = {"name": "hard_examples", "pressure": 50}
 
 
-def run_with(path, sampler=None):
-    run = tiny_classification_run(path)
+def run_with(path, sampler=None, **train_overrides):
+    run = tiny_classification_run(path, **train_overrides)
     if sampler is not None:
         run["sampler"] = sampler
     return run
@@ -51,10 +51,12 @@ def test_oversampling_takes_the_optimizer_steps_of_plain_shuffling(tmp_path):
     assert expanded["steps"] > plain["steps"]
 
 
-@pytest.mark.parametrize("sampler", [None, OVERSAMPLE, HARD], ids=["shuffle", "oversample", "hard_examples"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler):
+@pytest.mark.parametrize("sampler, workers", [(None, 0), (OVERSAMPLE, 0), (HARD, 0), (None, 2)],
+                         ids=["shuffle", "oversample", "hard_examples", "shuffle_2_workers"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler, workers):
+    # with workers, the reference runs in one process: augmentation must not depend on the worker count
     reference = training.train(run_with(tmp_path / "a", sampler), threads=1)
-    run = run_with(tmp_path / "b", sampler)
+    run = run_with(tmp_path / "b", sampler, num_workers=workers)
 
     calls = {"n": 0}
     original = ClassificationTask.validation_score

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +18,71 @@ from pipeline.data.transforms import normalise_image, segmentation_augment
 from pipeline.errors import ConfigError
 
 
-class ClassificationDataset(Dataset):
-    """(image tensor, class index) per manifest row."""
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The random state of one training item: a function of (run seed, epoch, item) only."""
+    return (seed * 1_000_003 + epoch * 100_003 + index) % (2**32)
 
-    def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str], transform) -> None:
+
+class EpochCounter:
+    """The epoch, in shared memory: ``set_epoch`` in the main process reaches DataLoader workers,
+    persistent ones included (a plain attribute would stay at the value the workers were started
+    with, so every epoch would repeat the first one's random draws)."""
+
+    def __init__(self) -> None:
+        self._value = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(int(epoch))
+
+    def get(self) -> int:
+        return int(self._value)
+
+
+@contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed the global RNGs that transforms draw from (torch CPU, ``random``, numpy) for one item,
+    and restore them afterwards, so the caller's random stream is untouched."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class ClassificationDataset(Dataset):
+    """(image tensor, class index) per manifest row.
+
+    With a ``seed`` (training), each item's random augmentation is drawn from a state fixed by
+    (seed, epoch, item): the same whatever the number of loader workers, and the same in a resumed
+    run as in an uninterrupted one. Without one (evaluation), transforms draw as they are.
+    """
+
+    def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str], transform, seed: int | None = None) -> None:
         self.frame = frame.reset_index(drop=True)
         self.root = Path(root)
         self.transform = transform
+        self.seed = seed
+        self.epoch = EpochCounter()
         index = {c: i for i, c in enumerate(classes)}
         self.targets = [index[label] for label in self.frame["label"]]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = read_rgb(resolve(self.frame.at[i, "image_path"], self.root))
-        return self.transform(image), self.targets[i]
+        if self.seed is None:
+            return self.transform(image), self.targets[i]
+        with seeded_global_rngs(item_seed(self.seed, self.epoch.get(), i)):
+            return self.transform(image), self.targets[i]
 
 
 class SegmentationImages:
@@ -91,7 +143,7 @@ class PatchDataset(Dataset):
         self.patches_per_image = patches_per_image
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
+        self.epoch = EpochCounter()
         size = (patch_size, patch_size)
         # Crops are taken from uint8 images and normalised afterwards: normalising a whole photo per
         # patch would cost more than the crop. Label maps are padded so every crop fits.
@@ -112,20 +164,20 @@ class PatchDataset(Dataset):
         self.transform = Compose([crop])
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.images) * self.patches_per_image
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # One deterministic random state per (seed, epoch, item): resumable and worker-independent.
-        item_seed = (self.seed * 1_000_003 + self.epoch * 100_003 + i) % (2**32)
-        self.transform.set_random_state(seed=item_seed)
+        seed = item_seed(self.seed, self.epoch.get(), i)
+        self.transform.set_random_state(seed=seed)
         out = self.transform(dict(self.items[i // self.patches_per_image]))
         out = out[0] if isinstance(out, list) else out
         patch = normalise_image(torch.as_tensor(out["image"]).permute(1, 2, 0).numpy())
         mask = torch.as_tensor(out["label"])[0].long()
         if self.augment:
-            generator = torch.Generator().manual_seed(item_seed)
+            generator = torch.Generator().manual_seed(seed)
             patch, mask = segmentation_augment(patch, mask, generator)
         return patch.contiguous(), mask.contiguous()

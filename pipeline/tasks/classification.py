@@ -155,7 +155,7 @@ class ClassificationTask:
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=True, augment=train["augment"],
                                              crop_pct=train["crop_pct"], **self._normalisation(model))
-        return ClassificationDataset(frame, self.root, self.classes, transform)
+        return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed)
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):
         return build_sampler(self.cfg["sampler"], dataset.targets, self.classes, seed,
