@@ -63,6 +63,14 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
             log.info("fitted post-hoc logit offsets on %d validation images: %s", len(validation), rundir.LOGIT_OFFSETS)
     elif cfg["predict"].get("logit_offsets", "none") != "none":
         raise ConfigError(f"predict.logit_offsets: the {task.name} task has no post-hoc logit offsets")
+    if task.name == "classification":
+        # the validation split's predictions, where the evaluate stage chooses operating thresholds;
+        # written first, so predictions.csv (the stage's declared output) never lands without them
+        val = frame[frame["split"] == "val"].reset_index(drop=True)
+        (run_dir / rundir.VAL_PREDICTIONS).unlink(missing_ok=True)
+        if split == "test" and not val.empty:
+            rundir.write_predictions(task.predict(model, val, device, run_dir, amp_dtype=amp_dtype), run_dir,
+                                     name=rundir.VAL_PREDICTIONS)
     table = task.predict(model, images, device, run_dir, amp_dtype=amp_dtype)
     path = rundir.write_predictions(table, run_dir)
     log.info("wrote %s (%d %s images)", path, len(table), split)

@@ -35,6 +35,9 @@ TRAINING_SUMMARY = "training_summary.json"
 HISTORY = "history.csv"
 LOSS_WEIGHTS = "loss_weights.csv"
 PREDICTIONS = "predictions.csv"
+# classification: the same model's predictions on the validation split, where operating thresholds
+# are chosen before they are applied to the test split
+VAL_PREDICTIONS = "val_predictions.csv"
 LOGIT_OFFSETS = "logit_offsets.json"
 MASK_DIR = "masks"
 POSTPROCESSING = "postprocessing.json"  # segmentation post-processing chosen on validation
@@ -158,13 +161,14 @@ def classification_predictions(image_ids: Sequence[str], labels: Sequence[str], 
     return table
 
 
-def read_predictions(run_dir: str | os.PathLike[str], required: Sequence[str] = ("image_id",)) -> pd.DataFrame:
-    """predictions.csv of a run, checked for the ``required`` columns."""
-    return read_table(Path(run_dir) / PREDICTIONS, required)
+def read_predictions(run_dir: str | os.PathLike[str], required: Sequence[str] = ("image_id",),
+                     name: str = PREDICTIONS) -> pd.DataFrame:
+    """predictions.csv of a run (or ``name``: VAL_PREDICTIONS), checked for the ``required`` columns."""
+    return read_table(Path(run_dir) / name, required)
 
 
-def write_predictions(table: pd.DataFrame, run_dir: str | os.PathLike[str]) -> Path:
-    path = Path(run_dir) / PREDICTIONS
+def write_predictions(table: pd.DataFrame, run_dir: str | os.PathLike[str], name: str = PREDICTIONS) -> Path:
+    path = Path(run_dir) / name
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return path

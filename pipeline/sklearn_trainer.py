@@ -216,8 +216,15 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
     images = frame[frame["split"] == split].reset_index(drop=True)
     if images.empty:
         raise DataError(f"{cfg['dataset']['manifest']}: no images in split {split!r}")
-    probs = probabilities(checkpoint, pixel_features(images, Path(cfg["dataset"]["root"]), checkpoint["pixels"]))
-    table = rundir.classification_predictions(images["image_id"], images["label"], probs, cfg["dataset"]["classes"])
+    root, classes = Path(cfg["dataset"]["root"]), cfg["dataset"]["classes"]
+    val = frame[frame["split"] == "val"].reset_index(drop=True)
+    (Path(cfg["run_dir"]) / rundir.VAL_PREDICTIONS).unlink(missing_ok=True)
+    if split == "test" and not val.empty:  # where the evaluate stage chooses operating thresholds
+        val_probs = probabilities(checkpoint, pixel_features(val, root, checkpoint["pixels"]))
+        rundir.write_predictions(rundir.classification_predictions(val["image_id"], val["label"], val_probs, classes),
+                                 cfg["run_dir"], name=rundir.VAL_PREDICTIONS)
+    probs = probabilities(checkpoint, pixel_features(images, root, checkpoint["pixels"]))
+    table = rundir.classification_predictions(images["image_id"], images["label"], probs, classes)
     path = rundir.write_predictions(table, cfg["run_dir"])
     log.info("wrote %s (%d %s images)", path, len(table), split)
     return path

@@ -5,6 +5,7 @@ import torch
 
 from pipeline import predict, rundir, training
 from pipeline.errors import TrainingError
+from pipeline.evaluation.run import evaluate_run
 from tests.helpers import tiny_classification_run
 
 
@@ -36,3 +37,10 @@ def test_predict_run_writes_the_predictions_file(tmp_path):
     table = rundir.read_predictions(path.parent, rundir.prediction_columns("classification", ["A", "B", "C"]))
     split = training.load_split(run)
     assert sorted(table["image_id"]) == sorted(split.loc[split["split"] == "test", "image_id"])
+    # the validation split's predictions too, where the evaluate stage chooses operating thresholds
+    val = rundir.read_predictions(path.parent, rundir.prediction_columns("classification", ["A", "B", "C"]),
+                                  name=rundir.VAL_PREDICTIONS)
+    assert sorted(val["image_id"]) == sorted(split.loc[split["split"] == "val", "image_id"])
+    metrics = evaluate_run(run)
+    chosen = metrics["per_class"]["A"]["operating_points_val"]
+    assert chosen["chosen_on"] == "val" and chosen["sens_at_95_spec"]["sensitivity"]["n"] == (split.query("split == 'test'")["label"] == "A").sum()

@@ -225,6 +225,37 @@ def operating_points(positive: np.ndarray, score: np.ndarray, target: float = TA
     }
 
 
+def validation_operating_points(val_positive: np.ndarray, val_score: np.ndarray, test_positive: np.ndarray,
+                                test_score: np.ndarray, target: float = TARGET_RATE) -> dict[str, Any]:
+    """The two operating points with thresholds **chosen on the validation split** and applied,
+    unchanged, to the test split: ``sens_at_95_spec`` (the threshold that gives the best validation
+    sensitivity at validation specificity >= ``target``) and ``spec_at_95_sens``; each with its
+    threshold, the validation rates it was chosen at, and the test ``sensitivity`` and
+    ``specificity`` it gives, with Wilson intervals. Read off the test ROC curve instead
+    (``operating_points``), the threshold is fitted to the test images and the figures are
+    optimistic; these are what a clinic would see with a threshold fixed before the test.
+    A threshold of NaN (nothing called positive on validation) calls nothing positive on test.
+    """
+    test_positive = np.asarray(test_positive, dtype=bool)
+    test_score = np.asarray(test_score, dtype=float)
+    chosen = operating_points(val_positive, val_score, target)
+    out: dict[str, Any] = {"chosen_on": "val", "target": target}
+    for key, point in chosen.items():
+        threshold = point["threshold"]
+        called = test_score >= threshold if math.isfinite(threshold) else np.zeros(len(test_score), dtype=bool)
+        undefined = not math.isfinite(point["value"])  # the class is missing from the validation split
+        tp, fn = int((called & test_positive).sum()), int((~called & test_positive).sum())
+        tn, fp = int((~called & ~test_positive).sum()), int((called & ~test_positive).sum())
+        out[key] = {
+            "threshold": threshold,
+            "val_sensitivity": point["value"] if key == "sens_at_95_spec" else point["sensitivity"],
+            "val_specificity": point["specificity"] if key == "sens_at_95_spec" else point["value"],
+            "sensitivity": proportion(0, 0) if undefined else proportion(tp, tp + fn),
+            "specificity": proportion(0, 0) if undefined else proportion(tn, tn + fp),
+        }
+    return out
+
+
 def _best(objective: np.ndarray, tie_break: np.ndarray, feasible: np.ndarray) -> int:
     candidates = np.flatnonzero(feasible)  # never empty: roc_curve starts at (0, 0) and ends at (1, 1)
     order = np.lexsort((-tie_break[candidates], -objective[candidates]))
@@ -268,8 +299,13 @@ def compute_classification_metrics(
     n_bootstrap: int = 1000,
     bootstrap_seed: int = 0,
     source: str = "predictions",
+    val_predictions: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """All classification figures for one run, in the ``metrics.json`` shape (NaN for undefined).
+
+    With ``val_predictions`` (the same model on the validation split), each class also gets
+    ``operating_points_val``: thresholds chosen on validation, test rates at them
+    (``validation_operating_points``).
 
     ``predictions`` holds ``image_id``, ``label``, ``pred`` and ``prob_<CLASS>`` per class;
     ``source`` names it in error messages. Intervals: Wilson for proportions (accuracy and the
@@ -292,6 +328,12 @@ def compute_classification_metrics(
 
     counts = confusion_matrix(data.y_true, data.y_pred, labels=labels)
     n_correct = int(np.trace(counts))
+    per_class = _per_class(data, classes, names, counts, f1s, aucs)
+    if val_predictions is not None:
+        val = validate_predictions(val_predictions, classes, source=f"{source} (validation split)")
+        for i, code in enumerate(classes):
+            per_class[code]["operating_points_val"] = validation_operating_points(
+                val.y_true == i, val.probs[:, i], data.y_true == i, data.probs[:, i])
     return {
         "task": "classification",
         "experiment": experiment,
@@ -302,7 +344,10 @@ def compute_classification_metrics(
         "balanced_accuracy": {**balanced, "excluded_classes": excluded},
         "accuracy": proportion(n_correct, len(data.y_true)),
         "macro_auc": {**macro_auc, "averaging": "one-vs-rest, macro", "excluded_classes": excluded},
-        "per_class": _per_class(data, classes, names, counts, f1s, aucs),
+        "per_class": per_class,
+        "operating_points_rule": (
+            "thresholds chosen on the validation split, applied to the test split" if val_predictions is not None
+            else "read off the test ROC curve (no validation predictions): optimistic"),
         "confusion_matrix": _confusion_block(classes, counts),
         "calibration": calibration_bins(
             data.probs[np.arange(len(data.y_pred)), data.y_pred], data.y_pred == data.y_true

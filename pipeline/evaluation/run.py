@@ -26,8 +26,11 @@ def evaluate_run(cfg: rundir.RunConfig) -> dict:
     common = dict(experiment=cfg["experiment"], seed=cfg["seed"], n_bootstrap=evaluation["n_bootstrap"],
                   bootstrap_seed=evaluation["bootstrap_seed"])
     if cfg["task"] == "classification":
+        val_path = run_dir / rundir.VAL_PREDICTIONS
+        val_predictions = rundir.read_predictions(run_dir, name=rundir.VAL_PREDICTIONS) if val_path.is_file() else None
         metrics = compute_classification_metrics(predictions, dataset["classes"], dataset["class_names"],
-                                                 source=str(run_dir / rundir.PREDICTIONS), **common)
+                                                 source=str(run_dir / rundir.PREDICTIONS),
+                                                 val_predictions=val_predictions, **common)
         write_classification_tables(metrics, run_dir)
     else:
         samples, settings = segmentation_inputs(predictions, run_dir, dataset, evaluation)  # + instances, grades

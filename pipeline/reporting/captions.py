@@ -148,9 +148,29 @@ def operating_point_caption(
     auc: Mapping[str, Any],
     sens_at_95_spec: Mapping[str, Any] | None,
     spec_at_95_sens: Mapping[str, Any] | None,
+    chosen_on_val: Mapping[str, Any] | None = None,
 ) -> str:
-    """ROC summary with the two operating points clinicians ask for."""
+    """ROC summary with the two operating points clinicians ask for: with thresholds chosen on the
+    validation split (``chosen_on_val``, see ``validation_operating_points``) when the run has them,
+    else read off the test ROC curve."""
     text = f"{label}: AUC {value_with_ci(auc, percent=False)}."
+    if chosen_on_val:
+        sens_point, spec_point = chosen_on_val["sens_at_95_spec"], chosen_on_val["spec_at_95_sens"]
+        if is_number(sens_point["sensitivity"].get("value")):
+            text += (
+                f" With the threshold chosen on the validation images to rule out 95% of other lesions there, "
+                f"{pct(sens_point['sensitivity']['value'])} of {label} cases in the test images are caught "
+                f"({ci_text(sens_point['sensitivity']['ci95'])}) and {pct(sens_point['specificity']['value'])} of other "
+                f"lesions are ruled out ({ci_text(sens_point['specificity']['ci95'])})."
+            )
+        if is_number(spec_point["specificity"].get("value")):
+            text += (
+                f" With the threshold chosen on the validation images to catch 95% of {label} cases there, "
+                f"{pct(spec_point['sensitivity']['value'])} are caught in the test images "
+                f"({ci_text(spec_point['sensitivity']['ci95'])}) and {pct(spec_point['specificity']['value'])} of other "
+                f"lesions are ruled out ({ci_text(spec_point['specificity']['ci95'])})."
+            )
+        return text
     if sens_at_95_spec and is_number(sens_at_95_spec.get("value")):
         text += (
             f" With the threshold set so that 95% of other lesions are correctly ruled out, "

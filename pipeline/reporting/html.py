@@ -275,14 +275,24 @@ def class_table(metrics: Mapping[str, Any], labels: Mapping[str, str], highlight
             "highlight": code == highlight,
             "support": support,
             "cells": {key: cell(stats.get(key), percent=key in PROPORTION_KEYS) for key in CLASS_TABLE_COLUMNS},
-            "sens_at_95_spec": cell(stats.get("sens_at_95_spec")),
-            "spec_at_95_sens": cell(stats.get("spec_at_95_sens")),
+            **_operating_cells(stats),
             "most_confused_with": _confused_with(stats.get("most_confused_with"), labels),
             "caption": captions.class_detection_caption(
                 label, support, stats.get("sensitivity") or {}, counts[index], row_labels, index
             ),
         })
     return rows
+
+
+def _operating_cells(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-class table's two operating-point cells: test rates at the thresholds chosen on the
+    validation split when the run has them, else the readout of the test ROC curve."""
+    chosen = stats.get("operating_points_val")
+    if chosen:
+        return {"op_sens": cell(chosen["sens_at_95_spec"]["sensitivity"]), "op_sens_key": "test_sens_at_val_threshold",
+                "op_spec": cell(chosen["spec_at_95_sens"]["specificity"]), "op_spec_key": "test_spec_at_val_threshold"}
+    return {"op_sens": cell(stats.get("sens_at_95_spec")), "op_sens_key": "sens_at_95_spec",
+            "op_spec": cell(stats.get("spec_at_95_sens")), "op_spec_key": "spec_at_95_sens"}
 
 
 def headline(metrics: Mapping[str, Any], n_images: int) -> list[dict[str, Any]]:
@@ -372,6 +382,7 @@ def classification_sections(
         "headline_caption": captions.headline_caption("Balanced accuracy", metrics["balanced_accuracy"], n_images, len(codes)),
         "columns": CLASS_TABLE_COLUMNS,
         "rows": class_table(metrics, labels, highlight),
+        "val_operating_points": any(stats.get("operating_points_val") for stats in metrics["per_class"].values()),
         "highlight": labels.get(highlight) if highlight else None,
         "confusion": [
             sink.add(figures.plot_confusion_matrix(counts, matrix_labels, None, normalize=False),
@@ -423,7 +434,7 @@ def _roc(
             "highlight": c == highlight,
             "text": captions.operating_point_caption(
                 labels[c], per_class[c].get("auc") or {}, _as_estimate(per_class[c].get("sens_at_95_spec")),
-                _as_estimate(per_class[c].get("spec_at_95_sens")),
+                _as_estimate(per_class[c].get("spec_at_95_sens")), per_class[c].get("operating_points_val"),
             ),
         }
         for c in labels

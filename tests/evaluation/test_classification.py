@@ -257,3 +257,38 @@ def test_per_class_auc_matches_sklearn_and_marks_undefined_classes():
         assert aucs[k] == pytest.approx(roc_auc_score(y == k, probs[:, k]))
     assert math.isnan(aucs[2])
     assert np.all(np.isnan(per_class_auc(np.zeros(5, dtype=np.int64), probs[:5])))
+
+
+# --- operating thresholds chosen on validation, applied to test (issue 10)
+def test_validation_operating_points_apply_the_validation_threshold_to_test():
+    from pipeline.evaluation.classification import validation_operating_points
+
+    # validation: 20 negatives scored 0.00..0.19 and 5 positives 0.15..0.35. At 95% specificity (at
+    # most 1 false positive of 20) the best sensitivity is 4/5, at thresholds 0.19 and 0.2; the tie
+    # goes to the better specificity: 0.2 (no false positive)
+    val_positive = np.r_[np.zeros(20, bool), np.ones(5, bool)]
+    val_score = np.r_[np.arange(20) / 100, [0.15, 0.2, 0.25, 0.3, 0.35]]
+    test_positive = np.r_[np.zeros(10, bool), np.ones(4, bool)]
+    test_score = np.r_[[0.0, 0.05, 0.1, 0.12, 0.15, 0.18, 0.21, 0.24, 0.27, 0.3], [0.1, 0.2, 0.3, 0.4]]
+    points = validation_operating_points(val_positive, val_score, test_positive, test_score)
+    chosen = points["sens_at_95_spec"]
+    assert points["chosen_on"] == "val"
+    assert chosen["threshold"] == pytest.approx(0.2)
+    assert chosen["val_sensitivity"] == pytest.approx(4 / 5) and chosen["val_specificity"] == 1.0
+    called = test_score >= 0.2
+    assert chosen["sensitivity"]["k"] == int((called & test_positive).sum()) == 3
+    assert chosen["sensitivity"]["n"] == 4
+    assert chosen["specificity"]["k"] == int((~called & ~test_positive).sum()) == 6
+    lo, hi = chosen["sensitivity"]["ci95"]
+    assert lo < 0.75 < hi
+    # 95% sensitivity on validation: every positive caught, threshold 0.15
+    assert points["spec_at_95_sens"]["threshold"] == pytest.approx(0.15)
+    assert points["spec_at_95_sens"]["sensitivity"]["k"] == int(((test_score >= 0.15) & test_positive).sum())
+
+
+def test_a_class_missing_from_validation_has_no_chosen_operating_point():
+    from pipeline.evaluation.classification import validation_operating_points
+
+    points = validation_operating_points(np.zeros(5, bool), np.linspace(0, 1, 5), np.r_[True, False], np.r_[0.9, 0.1])
+    assert math.isnan(points["sens_at_95_spec"]["sensitivity"]["value"])
+    assert math.isnan(points["spec_at_95_sens"]["specificity"]["value"])

@@ -311,3 +311,30 @@ def test_report_shows_the_fitted_logit_offsets_only_when_the_run_has_them(classi
     assert all(row[0].startswith(names[c]) for row, c in zip(rows[1:], classes))
     text = out.read_text(encoding="utf-8")
     assert "fitted on the 42 validation images only" in text and "50.0% without them, 62.5% with them" in text
+
+
+def test_operating_points_use_the_thresholds_chosen_on_validation(tmp_path):
+    """With validation predictions the table shows test rates at validation thresholds, labelled so."""
+    from pipeline.evaluation.classification import compute_classification_metrics
+    from pipeline.reporting.html import write_experiment_report
+    from tests.reporting.conftest import make_classification_run, random_predictions, write_metrics_json
+
+    run_dir, config = make_classification_run(tmp_path)
+    classes = config["dataset"]["classes"]
+    manifest = pd.read_csv(config["dataset"]["manifest"])
+    val = random_predictions(manifest[manifest["split"] == "val"].reset_index(drop=True), classes,
+                             np.random.default_rng(1))
+    metrics = compute_classification_metrics(pd.read_csv(run_dir / "predictions.csv"), classes,
+                                             config["dataset"]["class_names"], n_bootstrap=50, val_predictions=val)
+    write_metrics_json(metrics, run_dir / "metrics.json")
+    out = write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "report.html",
+                                  figures_dir=run_dir / "figures")
+    report = parse(out)
+    html = out.read_text()
+    assert "threshold set on validation for 95% specificity" in html
+    assert "test ROC" not in html
+    for code, stats in metrics["per_class"].items():
+        chosen = stats["operating_points_val"]
+        assert same(report.values[(code, "test_sens_at_val_threshold")], chosen["sens_at_95_spec"]["sensitivity"]["value"])
+        assert same(report.values[(code, "test_spec_at_val_threshold")], chosen["spec_at_95_sens"]["specificity"]["value"])
+        assert (code, "sens_at_95_spec") not in report.values
