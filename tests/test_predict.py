@@ -44,3 +44,4 @@ def test_predict_run_writes_the_predictions_file(tmp_path):
     metrics = evaluate_run(run)
     chosen = metrics["per_class"]["A"]["operating_points_val"]
     assert chosen["chosen_on"] == "val" and chosen["sens_at_95_spec"]["sensitivity"]["n"] == (split.query("split == 'test'")["label"] == "A").sum()
+    assert metrics["bootstrap"]["unit"].startswith("lesion or patient (group_id")  # the manifest's groups, not images

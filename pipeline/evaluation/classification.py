@@ -300,6 +300,7 @@ def compute_classification_metrics(
     bootstrap_seed: int = 0,
     source: str = "predictions",
     val_predictions: pd.DataFrame | None = None,
+    groups: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """All classification figures for one run, in the ``metrics.json`` shape (NaN for undefined).
 
@@ -310,7 +311,8 @@ def compute_classification_metrics(
     ``predictions`` holds ``image_id``, ``label``, ``pred`` and ``prob_<CLASS>`` per class;
     ``source`` names it in error messages. Intervals: Wilson for proportions (accuracy and the
     per-class rates), a percentile bootstrap over images (``n_bootstrap`` resamples, seeded by
-    ``bootstrap_seed``) for balanced accuracy, macro AUC, F1 and AUC.
+    ``bootstrap_seed``) for balanced accuracy, macro AUC, F1 and AUC: over images, or over whole
+    lesions / patients when ``groups`` (their ``group_id``, one per prediction row) is given.
     """
     data = validate_predictions(predictions, classes, source=source)
     names = resolve_class_names(classes, class_names)
@@ -323,7 +325,7 @@ def compute_classification_metrics(
     statistic = _bootstrapped_statistics(k, present)
     with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):  # inputs validated above
         estimates = bootstrap_estimates(statistic, [data.y_true, data.y_pred, data.probs], n_bootstrap,
-                                        bootstrap_seed)
+                                        bootstrap_seed, groups=groups)
     balanced, macro_auc, f1s, aucs = estimates[0], estimates[1], estimates[2:2 + k], estimates[2 + k:]
 
     counts = confusion_matrix(data.y_true, data.y_pred, labels=labels)
@@ -354,7 +356,8 @@ def compute_classification_metrics(
         ),
         "roc": {c: _roc_points(data.y_true == i, data.probs[:, i]) for i, c in enumerate(classes)},
         "bootstrap": {"n_resamples": n_bootstrap, "seed": bootstrap_seed, "method": "percentile",
-                      "unit": "image (paired resampling)"},
+                      "unit": "image" if groups is None else
+                      f"lesion or patient (group_id; {len(set(map(str, groups)))} groups, their images resampled together)"},
     }
 
 

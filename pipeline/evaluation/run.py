@@ -30,7 +30,8 @@ def evaluate_run(cfg: rundir.RunConfig) -> dict:
         val_predictions = rundir.read_predictions(run_dir, name=rundir.VAL_PREDICTIONS) if val_path.is_file() else None
         metrics = compute_classification_metrics(predictions, dataset["classes"], dataset["class_names"],
                                                  source=str(run_dir / rundir.PREDICTIONS),
-                                                 val_predictions=val_predictions, **common)
+                                                 val_predictions=val_predictions,
+                                                 groups=_test_groups(dataset, predictions), **common)
         write_classification_tables(metrics, run_dir)
     else:
         samples, settings = segmentation_inputs(predictions, run_dir, dataset, evaluation)  # + instances, grades
@@ -41,6 +42,17 @@ def evaluate_run(cfg: rundir.RunConfig) -> dict:
         write_segmentation_tables(metrics, run_dir, lesions, per_image)
     rundir.write_metrics(metrics, run_dir / rundir.METRICS)  # last: its presence means the stage finished
     return metrics
+
+
+def _test_groups(dataset: dict, predictions) -> list[str] | None:
+    """The lesion / patient (``group_id``) of each prediction row, from the manifest, so the bootstrap
+    resamples lesions, not images; None when the manifest does not give every row one."""
+    manifest = read_manifest(dataset["manifest"])
+    if "group_id" not in manifest:
+        return None
+    group_of = dict(zip(manifest["image_id"].astype(str), manifest["group_id"].astype(str)))
+    groups = [group_of.get(str(i), "") for i in predictions["image_id"]]
+    return groups if all(groups) else None
 
 
 def _label_origin(dataset: dict) -> str:

@@ -59,16 +59,27 @@ def _check_counts(successes: int, n: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- bootstrap
+def group_members(groups: Sequence[Any]) -> list[np.ndarray]:
+    """Row indices of each group (lesion or patient), in order of first appearance."""
+    _, first, inverse = np.unique(np.asarray(groups).astype(str), return_index=True, return_inverse=True)
+    order = np.argsort(first)  # groups in order of first appearance: stable under relabelling
+    return [np.flatnonzero(inverse == g) for g in order]
+
+
 def bootstrap_distribution(
     statistic: Callable[..., float | Sequence[float] | np.ndarray],
     arrays: Sequence[Any],
     n_resamples: int = 1000,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> np.ndarray:
     """Values of ``statistic(*resampled_arrays)`` over ``n_resamples`` paired resamples.
 
     Rows (axis 0) of all arrays are resampled with the same indices, drawn from
-    ``numpy.random.default_rng(seed)``: the result is deterministic for a given seed. The statistic
+    ``numpy.random.default_rng(seed)``: the result is deterministic for a given seed. With
+    ``groups`` (a group id per row: the lesion or patient), whole groups are resampled with
+    replacement and every row of a drawn group comes with it (the cluster bootstrap; Davison and
+    Hinkley 1997, section 3.8): images of one lesion are not independent evidence. The statistic
     may return a scalar or a 1-D vector (several statistics on the same resamples); an entry that is
     NaN marks that statistic as undefined on that resample (skipped by :func:`percentile_ci`).
     Returns an array of shape ``(n_resamples, n_statistics)``.
@@ -77,10 +88,18 @@ def bootstrap_distribution(
     n_rows = _common_length(arrays)
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    members = None
+    if groups is not None:
+        if len(groups) != n_rows:
+            raise ValueError(f"groups has {len(groups)} entries for {n_rows} rows")
+        members = group_members(groups)
     rng = np.random.default_rng(seed)
     rows: list[np.ndarray] = []
     for _ in range(n_resamples):
-        idx = rng.integers(0, n_rows, size=n_rows)
+        if members is None:
+            idx = rng.integers(0, n_rows, size=n_rows)
+        else:
+            idx = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
         value = np.atleast_1d(np.asarray(statistic(*(a[idx] for a in arrays)), dtype=float))
         rows.append(value.ravel())
     return np.vstack(rows)
@@ -121,17 +140,18 @@ def bootstrap_estimates(
     arrays: Sequence[Any],
     n_resamples: int = 1000,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """``[{"value", "ci95", "n_skipped_resamples"}]``, one per entry of a vector statistic.
 
     ``value`` is the statistic on the full data; the interval comes from one set of paired
-    resamples shared by all entries.
+    resamples shared by all entries (of rows, or of whole ``groups``: see ``bootstrap_distribution``).
     """
     arrays = [np.asarray(a) for a in arrays]
     values = np.atleast_1d(np.asarray(statistic(*arrays), dtype=float))
     if _common_length(arrays) < 2:
         return [_estimate(v, _NAN_CI, n_resamples) for v in values]
-    samples = bootstrap_distribution(statistic, arrays, n_resamples, seed)
+    samples = bootstrap_distribution(statistic, arrays, n_resamples, seed, groups=groups)
     if samples.shape[1] != values.size:
         raise ValueError("the statistic returned vectors of different lengths on different inputs")
     return [

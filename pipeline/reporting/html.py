@@ -383,6 +383,9 @@ def classification_sections(
         "columns": CLASS_TABLE_COLUMNS,
         "rows": class_table(metrics, labels, highlight),
         "val_operating_points": any(stats.get("operating_points_val") for stats in metrics["per_class"].values()),
+        "bootstrap_unit": ("whole lesions or patients (group_id), their images resampled together"
+                           if str((metrics.get("bootstrap") or {}).get("unit", "image")).startswith("lesion")
+                           else "images"),
         "highlight": labels.get(highlight) if highlight else None,
         "confusion": [
             sink.add(figures.plot_confusion_matrix(counts, matrix_labels, None, normalize=False),

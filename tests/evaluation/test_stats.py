@@ -169,3 +169,40 @@ def test_to_jsonable_and_strict_json(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp file left behind
     with pytest.raises(TypeError):
         to_jsonable({"x": object()})
+
+
+# --- cluster bootstrap: whole lesions / patients resampled (issue 10)
+def test_group_bootstrap_keeps_each_groups_rows_together():
+    from pipeline.evaluation.stats import bootstrap_distribution
+
+    groups = ["a", "a", "a", "b", "c", "c"]
+    values = np.array([1.0, 1.0, 1.0, 5.0, 9.0, 9.0])
+    sizes = bootstrap_distribution(lambda v: [len(v), v.sum()], [values], n_resamples=200, seed=0, groups=groups)
+    # every resample is a union of whole groups: its size is a sum of group sizes (3, 1, 2) over 3 draws
+    possible = {a + b + c for a in (3, 1, 2) for b in (3, 1, 2) for c in (3, 1, 2)}
+    assert set(sizes[:, 0].astype(int)) <= possible and len(set(sizes[:, 0])) > 1
+    # a resample's sum is 3 per draw of a, 5 per b, 18 per c
+    for size, total in sizes:
+        assert any(3 * x + 5 * y + 18 * z == total and 3 * x + y + 2 * z == size
+                   for x in range(4) for y in range(4) for z in range(4) if x + y + z == 3)
+
+
+def test_clustered_images_widen_the_interval():
+    from pipeline.evaluation.stats import bootstrap_estimates
+
+    rng = np.random.default_rng(0)
+    lesion_effect = rng.normal(0, 1, 40)
+    values = np.repeat(lesion_effect, 5) + rng.normal(0, 0.1, 200)  # 5 near-identical images per lesion
+    groups = np.repeat(np.arange(40), 5)
+    (by_image,) = bootstrap_estimates(lambda v: [v.mean()], [values], 500, 0)
+    (by_lesion,) = bootstrap_estimates(lambda v: [v.mean()], [values], 500, 0, groups=groups)
+    width = lambda e: e["ci95"][1] - e["ci95"][0]  # noqa: E731
+    assert by_lesion["value"] == by_image["value"]
+    assert width(by_lesion) > 1.8 * width(by_image)  # ~sqrt(5) wider: 40 lesions, not 200 images
+
+
+def test_groups_must_cover_every_row():
+    from pipeline.evaluation.stats import bootstrap_distribution
+
+    with pytest.raises(ValueError, match="groups has 2 entries for 3 rows"):
+        bootstrap_distribution(lambda v: v.mean(), [np.ones(3)], 10, 0, groups=["a", "b"])
