@@ -405,13 +405,17 @@ ROUND_OFF = 1e-9
 
 
 def within_noise(difference: Mapping[str, Any]) -> bool | None:
-    """True when the 95% CI of a difference contains 0; None when it is not available."""
+    """True when the 95% CI of a difference contains 0, or when its multiple-comparison-adjusted
+    p-value (``p_holm``, per-class rows: one test per class) is 0.05 or more, so that a verdict of
+    "better" or "worse" never disagrees with the adjusted p shown beside it; None when the CI is not
+    available."""
     ci = difference.get("ci95") if difference else None
     if not ci or not all(is_number(v) for v in ci):
         return None
     # Bootstrap means of 0/1 outcomes carry float round-off (a bound of 1e-16 is a bound of 0).
     lo, hi = (0.0 if abs(v) < ROUND_OFF else v for v in ci)
-    return bool(lo <= 0 <= hi)
+    p_holm = difference.get("p_holm")
+    return bool(lo <= 0 <= hi) or (is_number(p_holm) and p_holm >= 0.05)
 
 
 def per_class_verdict_caption(verdicts: Sequence[tuple[str, str]], lesion_level: bool = False) -> str:

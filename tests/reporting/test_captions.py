@@ -108,6 +108,9 @@ def test_difference_caption_states_noise_plainly():
     assert captions.within_noise({"ci95": [-0.01, 0.07]}) is True
     assert captions.within_noise({"ci95": [0.01, 0.07]}) is False
     assert captions.within_noise({"ci95": [None, None]}) is None
+    # a per-class interval that excludes 0 by chance among several classes: the Holm-adjusted p decides
+    assert captions.within_noise({"ci95": [0.01, 0.07], "p_value": 0.02, "p_holm": 0.14}) is True
+    assert captions.within_noise({"ci95": [0.01, 0.07], "p_value": 0.002, "p_holm": 0.014}) is False
 
 
 def test_box_label_warning_only_for_weak_labels():
