@@ -7,6 +7,7 @@
     pipeline evaluate --config C --experiment E [--seed K]
     pipeline report   --config C --experiment E [--seed K]
     pipeline compare  --config C
+    pipeline infer    --run results/E/seedK --images DIR_OR_CSV --out DIR [--skip-bad]
     pipeline list     losses|models|segmenters|adapters|samplers|optimizers|schedulers|tasks
     pipeline list     experiments --config C            every experiment, grid cells expanded
 A run can also be named by its resolved config file (`--run-config results/E/seedK/run.yaml`).
@@ -132,6 +133,12 @@ def cmd_evaluate(args) -> None:
     lo, hi = metrics[key]["ci95"]
     log.info("wrote %s/%s (%s %.3f, 95%% CI %.3f-%.3f)", cfg["run_dir"], rundir.METRICS, label,
              metrics[key]["value"], lo, hi)
+
+
+def cmd_infer(args) -> None:
+    from pipeline.infer import infer
+
+    infer(args.run, args.images, args.out, skip_bad=args.skip_bad, device=args.device)
 
 
 def cmd_report(args) -> None:
@@ -274,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-seed", type=int, default=cfgmod.DEFAULT_EVALUATION["bootstrap_seed"],
                    help="paired-bootstrap seed with --runs (with --config: the config's evaluation.bootstrap_seed)")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("infer", help="apply a trained run to new images (no labels needed)")
+    p.add_argument("--run", required=True, help="a trained run folder, results/<experiment>/seed<k>")
+    p.add_argument("--images", required=True, help="a folder of images, or a CSV with an image_path column")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--skip-bad", action="store_true", help="list unreadable images in skipped.csv and go on")
+    p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=cmd_infer)
     p = sub.add_parser("list", help="what can be named in a config")
     p.add_argument("what", choices=["models", "segmenters", *LISTABLE, "experiments"])
     p.add_argument("pattern", nargs="?", help="glob for models, e.g. 'resnet*'")
