@@ -465,3 +465,14 @@ def grading_caption(grading: Mapping[str, Any]) -> str:
         worst, i, j = max(misses, key=lambda m: (m[0], -abs(m[1] - m[2])))
         text += f" Most frequent miss: {labels[i]} graded {labels[j]} ({count(worst)} image{'s' if worst != 1 else ''})."
     return text
+
+
+def learning_curve_caption(n_epochs: int, score_name: str, best_epoch: int | None, has_weights: bool) -> str:
+    """Caption of the learning curves: what is plotted and which epoch's model the report shows."""
+    text = (f"Training loss (blue) and validation {score_name} (orange) over {n_epochs} epochs. ")
+    if best_epoch:
+        text += (f"The model in this report is the one of epoch {best_epoch} (dashed line), chosen by the "
+                 f"validation score; the test split played no part in the choice.")
+    if has_weights:
+        text += " Right: the per-class weights of the loss at each optimizer step."
+    return text

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap, to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 from pipeline.atomic import atomic_path  # noqa: E402
@@ -396,6 +397,46 @@ def plot_class_counts(
     ax.set_xticks(x, [_wrap(labels[c], 14) for c in codes], fontsize=8, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_learning_curves(
+    history: Mapping[str, Sequence[float]],
+    score_name: str,
+    best_epoch: int | None,
+    weights: Mapping[str, Sequence[float]] | None = None,
+    labels: Mapping[str, str] | None = None,
+    path: str | Path | None = None,
+) -> Figure | Path:
+    """Training loss and validation score per epoch (the selected epoch marked); with ``weights``
+    (step -> per-class loss weights, e.g. the dynamical loss), a second panel of the weights over steps."""
+    panels = 2 if weights else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    epochs = np.asarray(history["epoch"], dtype=float)
+    ax.plot(epochs, history["train_loss"], color="tab:blue", marker="o", ms=3, label="training loss")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("training loss", color="tab:blue")
+    score = np.asarray(history["val_score"], dtype=float)
+    twin = ax.twinx()
+    shown = np.isfinite(score)
+    twin.plot(epochs[shown], score[shown], color="tab:orange", marker="s", ms=3, label=f"validation {score_name}")
+    twin.set_ylabel(f"validation {score_name}", color="tab:orange")
+    if best_epoch is not None and best_epoch in epochs:
+        twin.axvline(best_epoch, color="grey", ls="--", lw=1)
+        twin.annotate("selected", (best_epoch, np.nanmax(score) if shown.any() else 0), fontsize=8,
+                      xytext=(3, -10), textcoords="offset points", color="grey")
+    if weights:
+        wax = axes[0, 1]
+        steps = np.asarray(weights["step"], dtype=float)
+        for key, values in weights.items():
+            if key != "step":
+                wax.plot(steps, values, lw=1, label=_wrap((labels or {}).get(key, key), 16))
+        wax.set_xlabel("optimizer step")
+        wax.set_ylabel("class weight in the loss")
+        wax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _finish(fig, path)
 

@@ -702,10 +702,42 @@ def write_experiment_report(
         context["data"], manifest = data_section(config, task, labels, sink, lesion_counts, metrics.get("label_origin"))
         context["segmentation"] = segmentation_sections(metrics, predictions, run_dir, manifest, config, labels, sink)
         context["classification"] = None
+    context["training"] = training_section(run_dir, labels, sink)
     context["provenance"] = provenance(run_dir, config)
     html = render("experiment.html", **context)
     write_text(out_path, html)
     return Path(out_path)
+
+
+def training_section(run_dir: Path, labels: Mapping[str, str], sink: FigureSink) -> dict[str, Any] | None:
+    """Learning curves from history.csv (and loss_weights.csv for losses whose class weights change
+    over training); None when the run has no history (e.g. the scikit-learn baseline)."""
+    history_path = run_dir / rundir.HISTORY
+    if not history_path.is_file():
+        return None
+    history = pd.read_csv(history_path)
+    score_column = next((c for c in history.columns if c.startswith("val_")), None)
+    if history.empty or score_column is None or not {"epoch", "train_loss"} <= set(history.columns):
+        return None
+    summary = rundir.read_training_summary(run_dir) or {}
+    best_epoch = summary.get("best_epoch")
+    weights = None
+    weights_path = run_dir / rundir.LOSS_WEIGHTS
+    if weights_path.is_file():
+        table = pd.read_csv(weights_path)
+        codes = list(labels)
+        columns = [c for c in table.columns if c != "step"]
+        # w0..w{C-1} in class-list order (segmentation: background first, then the lesion types)
+        names = codes if len(columns) == len(codes) else ["background", *codes] if len(columns) == len(codes) + 1 else columns
+        weights = {"step": table["step"].tolist(), **{n: table[c].tolist() for n, c in zip(names, columns)}}
+    score_name = score_column.removeprefix("val_").replace("_", " ")
+    figure = sink.add(
+        figures.plot_learning_curves({"epoch": history["epoch"].tolist(), "train_loss": history["train_loss"].tolist(),
+                                      "val_score": history[score_column].tolist()}, score_name, best_epoch, weights,
+                                     dict(labels)),
+        "learning_curves", "Training", captions.learning_curve_caption(len(history), score_name, best_epoch,
+                                                                        weights is not None))
+    return {"figure": figure}
 
 
 def _component(entry: Any) -> str:

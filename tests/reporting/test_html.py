@@ -338,3 +338,23 @@ def test_operating_points_use_the_thresholds_chosen_on_validation(tmp_path):
         assert same(report.values[(code, "test_sens_at_val_threshold")], chosen["sens_at_95_spec"]["sensitivity"]["value"])
         assert same(report.values[(code, "test_spec_at_val_threshold")], chosen["spec_at_95_sens"]["specificity"]["value"])
         assert (code, "sens_at_95_spec") not in report.values
+
+
+def test_learning_curves_show_the_history_and_the_loss_weights(tmp_path):
+    from pipeline.reporting.html import write_experiment_report
+    from tests.reporting.conftest import make_classification_run
+
+    run_dir, config = make_classification_run(tmp_path)
+    out = write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "a.html")
+    assert 'id="training"' not in out.read_text()  # no history.csv: no section
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.2, 0.8, 0.7], "val_balanced_accuracy": [0.4, 0.6, 0.55],
+                  "lr": [1e-3] * 3, "seconds": [1.0] * 3}).to_csv(run_dir / "history.csv", index=False)
+    (run_dir / "training_summary.json").write_text(json.dumps({"best_epoch": 2, "steps": 30}))
+    classes = config["dataset"]["classes"]
+    weights = pd.DataFrame({"step": range(30), **{f"w{i}": np.linspace(0.5, 1.5, 30) for i in range(len(classes))}})
+    weights.to_csv(run_dir / "loss_weights.csv", index=False)
+    out = write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "b.html",
+                                  figures_dir=run_dir / "figures")
+    text = out.read_text()
+    assert 'id="training"' in text and "epoch 2 (dashed line)" in text and "per-class weights" in text
+    assert (run_dir / "figures" / "learning_curves.png").stat().st_size > 1000
