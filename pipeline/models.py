@@ -108,12 +108,24 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """The parameter tensors of a weights file (a state dict, or a checkpoint holding one under
+    ``state_dict`` or ``model``). Only tensors are unpickled (``weights_only``): a file holding
+    anything else, or not a weights file at all, is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, SafetensorError ...: all one answer
+        raise ConfigError(f"{path}: not a weights file that loads safely (tensors only): "
+                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path}: holds no state dict (a mapping of parameter names to tensors)")
+    return state
 
 
 def _existing(path: str) -> Path:

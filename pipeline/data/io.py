@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import DataError
@@ -39,16 +39,29 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
+            orientation = image.getexif().get(0x0112)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot decode image {path}: {err}") from err
-    return height, width
+    # the size read_rgb returns: an image stored sideways is turned upright there
+    return (width, height) if orientation in _ROTATED_ORIENTATIONS else (height, width)
+
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+_ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image as an ``(H, W, 3)`` uint8 RGB array (grey is replicated, alpha dropped)."""
+    """Decode an image as an ``(H, W, 3)`` uint8 RGB array, upright: the EXIF orientation of a
+    camera photo is applied (as a viewer shows it), grey is replicated, alpha dropped, CMYK and
+    palette converted, and 16-bit grey scaled to 8 bits (PIL's own conversion clips at 255)."""
     path = Path(path)
     image = _open_image(path)
     try:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _SIXTEEN_BIT_MODES:
+            values = np.asarray(image).astype(np.float64)
+            grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+            return np.repeat(grey[..., None], 3, axis=2)
         rgb = image.convert("RGB")
     except (OSError, ValueError) as err:
         raise DataError(f"cannot convert image {path} to RGB: {err}") from err

@@ -7,6 +7,7 @@ manifest file and the offending row(s).
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -127,6 +128,11 @@ def check_files_exist(frame: pd.DataFrame, *, root: Path | None, mask_root: Path
         for number, value in enumerate(frame[column], start=1):
             if column == "instance_path" and (value == "" or value is None or (isinstance(value, float) and pd.isna(value))):
                 continue  # optional per row
+            if not Path(value).is_absolute() and os.path.normpath(value).split(os.sep)[0] == "..":
+                # a relative path is read under its root; '../' out of it is a manifest error (or an
+                # attack), never followed. An absolute path is an explicit choice and is read as is.
+                raise DataError(f"{source}: row {number}: {column} {value!r} leaves its root {base}; "
+                                "give a path inside the root, or an absolute path")
             path = resolve(value, base or Path("."))
             if not path.is_file():
                 raise DataError(f"{source}: row {number}: {column} {path} does not exist")
