@@ -45,6 +45,13 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+def write_csv(frame, path: str | os.PathLike[str]) -> Path:
+    """A pandas DataFrame as CSV (no index), atomically: never a truncated table under the name."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

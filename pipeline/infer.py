@@ -33,7 +33,7 @@ import torch
 from scipy.special import softmax
 
 from pipeline import rundir
-from pipeline.atomic import atomic_path
+from pipeline.atomic import write_csv
 from pipeline.data.adapters._common import IMAGE_EXTENSIONS
 from pipeline.data.instances import HAYASHI_THRESHOLDS, grade_from_count
 from pipeline.data.io import read_rgb, write_png_atomic
@@ -90,12 +90,6 @@ def _readable(frame: pd.DataFrame, skip_bad: bool) -> tuple[pd.DataFrame, list[d
     return frame[keep].reset_index(drop=True), skipped
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
-    return path
-
-
 def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: bool = False,
           device: str = "auto") -> Path:
     """Apply a trained run to new images (see module docstring); returns the output folder."""
@@ -116,7 +110,7 @@ def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: boo
     frame, skipped = _readable(list_images(images), skip_bad)
     out.mkdir(parents=True, exist_ok=True)
     if skipped:
-        _write_csv(pd.DataFrame(skipped), out / "skipped.csv")
+        write_csv(pd.DataFrame(skipped), out / "skipped.csv")
         log.warning("skipped %d unreadable image(s): %s", len(skipped), out / "skipped.csv")
     if frame.empty:
         raise DataError(f"--images {images}: no readable image")
@@ -154,7 +148,7 @@ def _classify(task, model, frame, run_dir: Path, out: Path, device, amp_dtype) -
                 table[f"call_{code}"] = probs[:, i] >= threshold
     else:
         log.warning("%s has no %s: no operating-point calls (run the evaluate stage first)", run_dir, rundir.METRICS)
-    return _write_csv(table, out / "predictions.csv")
+    return write_csv(table, out / "predictions.csv")
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -194,4 +188,4 @@ def _segment(task, model, frame, cfg: dict, run_dir: Path, out: Path, device, am
                      "grade": grade, "grade_label": names[grade]})
         if number % PROGRESS_EVERY == 0 or number == len(frame):
             log.info("%d/%d images", number, len(frame))
-    return _write_csv(pd.DataFrame(rows), out / "lesion_counts.csv")
+    return write_csv(pd.DataFrame(rows), out / "lesion_counts.csv")

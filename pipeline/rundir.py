@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.atomic import atomic_path, write_text
+from pipeline.atomic import write_csv, write_text
 from pipeline.errors import ConfigError, DataError
 
 # Files of one run, relative to its folder.
@@ -168,10 +168,7 @@ def read_predictions(run_dir: str | os.PathLike[str], required: Sequence[str] = 
 
 
 def write_predictions(table: pd.DataFrame, run_dir: str | os.PathLike[str], name: str = PREDICTIONS) -> Path:
-    path = Path(run_dir) / name
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
-    return path
+    return write_csv(table, Path(run_dir) / name)
 
 
 # ---------------------------------------------------------------------------------- logit offsets

@@ -15,7 +15,7 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import write_csv
 from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -42,9 +42,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically, so a crash never leaves a truncated manifest that looks complete."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return Path(path)
+    return write_csv(frame, path)
 
 
 def _rows(frame: pd.DataFrame, mask: pd.Series) -> str:
