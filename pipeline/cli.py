@@ -7,7 +7,7 @@
     pipeline evaluate --config C --experiment E [--seed K]
     pipeline report   --config C --experiment E [--seed K]
     pipeline compare  --config C
-    pipeline infer    --run results/E/seedK --images DIR_OR_CSV --out DIR [--skip-bad]
+    pipeline infer    --run results/E/seedK --images DIR_OR_CSV --out DIR [--skip-bad] [--tta flips|dihedral]
     pipeline list     losses|models|segmenters|adapters|samplers|optimizers|schedulers|tasks
     pipeline list     experiments --config C            every experiment, grid cells expanded
 A run can also be named by its resolved config file (`--run-config results/E/seedK/run.yaml`).
@@ -138,7 +138,7 @@ def cmd_evaluate(args) -> None:
 def cmd_infer(args) -> None:
     from pipeline.infer import infer
 
-    infer(args.run, args.images, args.out, skip_bad=args.skip_bad, device=args.device)
+    infer(args.run, args.images, args.out, skip_bad=args.skip_bad, device=args.device, tta=args.tta)
 
 
 def cmd_report(args) -> None:
@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--skip-bad", action="store_true", help="list unreadable images in skipped.csv and go on")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--tta", choices=["none", "flips", "dihedral"], default=None,
+                   help="test-time augmentation: outputs averaged over flips (4 views) or flips and rotations (8)")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("list", help="what can be named in a config")
     p.add_argument("what", choices=["models", "segmenters", *LISTABLE, "experiments"])

@@ -38,7 +38,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
-        "predict": {"batch_size": 64, "logit_offsets": "none"},
+        "predict": {"batch_size": 64, "logit_offsets": "none", "tta": "none"},
     },
     "segmentation": {
         "model": {"name": "Unet", "encoder": "resnet18", "pretrained_path": None, "params": {}},
@@ -55,7 +55,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         # instance_vote: one type per lesion; per-pixel types left fringes of another type around
         # lesions that counted as extra small lesions (docs/BENCHMARKS.md §3c)
         "predict": {"batch_size": 8, "overlap": 0.25, "min_lesion_area": 2, "lesion_threshold": None,
-                    "lesion_types": "instance_vote", "tune_postprocessing": False},
+                    "lesion_types": "instance_vote", "tune_postprocessing": False, "tta": "none"},
     },
 }
 DEFAULT_SPLIT = {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}

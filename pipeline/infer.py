@@ -39,6 +39,7 @@ from pipeline.data.instances import HAYASHI_THRESHOLDS, grade_from_count
 from pipeline.data.io import read_rgb, write_png_atomic
 from pipeline.errors import DataError, PipelineError
 from pipeline.training import amp_dtype_for, select_device
+from pipeline.tta import views
 
 log = logging.getLogger("pipeline.infer")
 PROGRESS_EVERY = 50
@@ -91,7 +92,7 @@ def _readable(frame: pd.DataFrame, skip_bad: bool) -> tuple[pd.DataFrame, list[d
 
 
 def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: bool = False,
-          device: str = "auto") -> Path:
+          device: str = "auto", tta: str | None = None) -> Path:
     """Apply a trained run to new images (see module docstring); returns the output folder."""
     from pipeline.predict import load_best_model
     from pipeline.sklearn_trainer import is_sklearn
@@ -105,6 +106,9 @@ def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: boo
                             f"{rundir.CHECKPOINT_CONFIG}); give results/<experiment>/seed<k>")
     cfg = rundir.read_run_config(config_path)
     cfg = dict(cfg, run_dir=str(run_dir))  # the folder given, wherever the run was moved to
+    if tta is not None:  # test-time augmentation for these images only (the run's own predict.tta otherwise)
+        views(tta)
+        cfg["predict"] = dict(cfg["predict"], tta=tta)
     if is_sklearn(cfg):
         raise PipelineError(f"{run_dir} is the scikit-learn baseline; infer uses a trained network run")
     frame, skipped = _readable(list_images(images), skip_bad)

@@ -61,7 +61,8 @@ def test_a_corrupt_image_stops_with_its_name_or_is_skipped(trained_classifier, t
     with pytest.raises(DataError, match="broken.jpg.*--skip-bad"):
         infer(run_dir, folder, tmp_path / "out")
     assert not (tmp_path / "out" / "predictions.csv").exists()  # nothing half written
-    assert main(["infer", "--run", run_dir, "--images", str(folder), "--out", str(tmp_path / "out"), "--skip-bad"]) == 0
+    assert main(["infer", "--run", run_dir, "--images", str(folder), "--out", str(tmp_path / "out"), "--skip-bad",
+                 "--tta", "flips"]) == 0
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
     assert predictions["image_id"].tolist() == ["good"]

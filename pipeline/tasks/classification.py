@@ -21,6 +21,7 @@ from pipeline.data.transforms import classification_transform
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.losses import loss_head, loss_parameters
 from pipeline.models import HEADS, build_classifier
+from pipeline.tta import average_logits
 from pipeline.rundir import classification_predictions
 from pipeline.sampling import build_sampler
 from pipeline.tasks import TASKS
@@ -178,7 +179,8 @@ class ClassificationTask:
         out = []
         for images, _ in loader:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images.to(device, non_blocking=True))
+                # predict.tta: logits averaged over flips / rotations of the image (pipeline.tta)
+                logits = average_logits(model, images.to(device, non_blocking=True), self.cfg["predict"].get("tta", "none"))
             # LDAM trained the softmax of scale x outputs: the logits are scaled outputs
             out.append((self.output_scale * logits.float()).cpu().numpy())
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, self.num_outputs))

@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.losses import loss_head
 from pipeline.models import build_segmenter
 from pipeline.rundir import MASK_DIR
+from pipeline.tta import average_maps
 from pipeline.tasks import TASKS
 
 
@@ -102,11 +103,16 @@ class SegmentationTask:
         size = self.cfg["train"]["patch_size"]
         predict = self.cfg["predict"]
         x = normalise_image(image)[None].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = sliding_window_inference(x, roi_size=(size, size), sw_batch_size=predict["batch_size"],
-                                              predictor=model, overlap=predict["overlap"], mode="gaussian",
-                                              padding_mode="reflect")
-        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+
+        def probability_map(view: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = sliding_window_inference(view, roi_size=(size, size), sw_batch_size=predict["batch_size"],
+                                                  predictor=model, overlap=predict["overlap"], mode="gaussian",
+                                                  padding_mode="reflect")
+            return torch.softmax(logits.float(), dim=1)
+
+        # predict.tta: probabilities averaged over flips / rotations of the photo (pipeline.tta)
+        return average_maps(probability_map, x, predict.get("tta", "none"))[0].cpu().numpy()
 
     def split_rule(self) -> dict:
         """The evaluation's rule for splitting touching lesions (also used by the type vote)."""
