@@ -256,6 +256,48 @@ def validation_operating_points(val_positive: np.ndarray, val_score: np.ndarray,
     return out
 
 
+# Per-subgroup figures: age bands (years) and the smallest class support worth reading.
+AGE_BANDS = ((0, 30, "< 30"), (30, 50, "30–49"), (50, 70, "50–69"), (70, 200, "≥ 70"))
+MIN_SUBGROUP_SUPPORT = 10
+
+
+def subgroup_sensitivity(y_true: np.ndarray, y_pred: np.ndarray, metadata: pd.DataFrame,
+                         classes: list[str]) -> dict[str, Any]:
+    """Sensitivity per class within each subgroup of ``metadata`` (columns ``sex``, ``site``,
+    ``age``, one row per test image, in prediction order), with Wilson intervals.
+
+    Age is cut into ``AGE_BANDS``; empty or missing values form no subgroup. A class with fewer
+    than ``MIN_SUBGROUP_SUPPORT`` images in a subgroup is flagged ``too_small``: its interval is
+    too wide to compare subgroups by. Returns ``{attribute: {subgroup: {"n_images", "per_class":
+    {code: proportion + too_small}}}}`` for the attributes present.
+    """
+    out: dict[str, Any] = {}
+    for attribute in ("sex", "age", "site"):
+        if attribute not in metadata.columns:
+            continue
+        values = metadata[attribute]
+        if attribute == "age":
+            ages = pd.to_numeric(values, errors="coerce").to_numpy()
+            groups = np.full(len(ages), "", dtype=object)
+            for low, high, name in AGE_BANDS:
+                groups[(ages >= low) & (ages < high)] = name
+        else:
+            groups = values.fillna("").astype(str).str.strip().to_numpy()
+        table = {}
+        for group in [g for g in dict.fromkeys(groups) if g]:
+            members = groups == group
+            per_class = {}
+            for i, code in enumerate(classes):
+                positive = members & (y_true == i)
+                estimate = proportion(int((positive & (y_pred == i)).sum()), int(positive.sum()))
+                per_class[code] = {**estimate, "too_small": int(positive.sum()) < MIN_SUBGROUP_SUPPORT}
+            table[group] = {"n_images": int(members.sum()), "per_class": per_class}
+        if table:
+            order = [name for _, _, name in AGE_BANDS] if attribute == "age" else sorted(table)
+            out[attribute] = {g: table[g] for g in order if g in table}
+    return out
+
+
 def _best(objective: np.ndarray, tie_break: np.ndarray, feasible: np.ndarray) -> int:
     candidates = np.flatnonzero(feasible)  # never empty: roc_curve starts at (0, 0) and ends at (1, 1)
     order = np.lexsort((-tie_break[candidates], -objective[candidates]))
@@ -301,6 +343,7 @@ def compute_classification_metrics(
     source: str = "predictions",
     val_predictions: pd.DataFrame | None = None,
     groups: Sequence[Any] | None = None,
+    metadata: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """All classification figures for one run, in the ``metrics.json`` shape (NaN for undefined).
 
@@ -336,6 +379,8 @@ def compute_classification_metrics(
         for i, code in enumerate(classes):
             per_class[code]["operating_points_val"] = validation_operating_points(
                 val.y_true == i, val.probs[:, i], data.y_true == i, data.probs[:, i])
+    subgroups = (subgroup_sensitivity(data.y_true, data.y_pred, metadata.reset_index(drop=True), list(classes))
+                 if metadata is not None else {})
     return {
         "task": "classification",
         "experiment": experiment,
@@ -351,6 +396,7 @@ def compute_classification_metrics(
             "thresholds chosen on the validation split, applied to the test split" if val_predictions is not None
             else "read off the test ROC curve (no validation predictions): optimistic"),
         "confusion_matrix": _confusion_block(classes, counts),
+        "subgroups": subgroups,
         "calibration": calibration_bins(
             data.probs[np.arange(len(data.y_pred)), data.y_pred], data.y_pred == data.y_true
         ),

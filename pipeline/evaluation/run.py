@@ -31,7 +31,8 @@ def evaluate_run(cfg: rundir.RunConfig) -> dict:
         metrics = compute_classification_metrics(predictions, dataset["classes"], dataset["class_names"],
                                                  source=str(run_dir / rundir.PREDICTIONS),
                                                  val_predictions=val_predictions,
-                                                 groups=_test_groups(dataset, predictions), **common)
+                                                 groups=_test_groups(dataset, predictions),
+                                                 metadata=_test_metadata(dataset, predictions), **common)
         write_classification_tables(metrics, run_dir)
     else:
         samples, settings = segmentation_inputs(predictions, run_dir, dataset, evaluation)  # + instances, grades
@@ -53,6 +54,17 @@ def _test_groups(dataset: dict, predictions) -> list[str] | None:
     group_of = dict(zip(manifest["image_id"].astype(str), manifest["group_id"].astype(str)))
     groups = [group_of.get(str(i), "") for i in predictions["image_id"]]
     return groups if all(groups) else None
+
+
+def _test_metadata(dataset: dict, predictions):
+    """Sex, age and site of each prediction row from the manifest (the columns it has), for the
+    per-subgroup figures; None when it has none of them."""
+    manifest = read_manifest(dataset["manifest"])
+    columns = [c for c in ("sex", "age", "site") if c in manifest.columns]
+    if not columns:
+        return None
+    rows = manifest.assign(image_id=manifest["image_id"].astype(str)).set_index("image_id")  # ids are unique
+    return rows.reindex(predictions["image_id"].astype(str))[columns].reset_index(drop=True)
 
 
 def _label_origin(dataset: dict) -> str:

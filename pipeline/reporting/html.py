@@ -284,6 +284,26 @@ def class_table(metrics: Mapping[str, Any], labels: Mapping[str, str], highlight
     return rows
 
 
+SUBGROUP_TITLES = {"sex": "Sex", "age": "Age (years)", "site": "Body site"}
+
+
+def subgroup_tables(subgroups: Mapping[str, Any], labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One table per attribute (sex, age band, site): sensitivity per class in each subgroup, with
+    its CI; a class with too few images in a subgroup is marked, not hidden."""
+    tables = []
+    for attribute, groups in subgroups.items():
+        rows = []
+        for name, entry in groups.items():
+            cells = {}
+            for code in labels:
+                stats = entry["per_class"].get(code) or {}
+                cells[code] = {**cell(stats), "small": bool(stats.get("too_small")), "n": stats.get("n", 0)}
+            rows.append({"name": name, "n_images": entry["n_images"], "cells": cells})
+        tables.append({"attribute": attribute, "title": SUBGROUP_TITLES.get(attribute, attribute), "rows": rows,
+                       "columns": list(labels.items())})
+    return tables
+
+
 def _operating_cells(stats: Mapping[str, Any]) -> dict[str, Any]:
     """The per-class table's two operating-point cells: test rates at the thresholds chosen on the
     validation split when the run has them, else the readout of the test ROC curve."""
@@ -387,6 +407,7 @@ def classification_sections(
                            if str((metrics.get("bootstrap") or {}).get("unit", "image")).startswith("lesion")
                            else "images"),
         "highlight": labels.get(highlight) if highlight else None,
+        "subgroups": subgroup_tables(metrics.get("subgroups") or {}, labels),
         "confusion": [
             sink.add(figures.plot_confusion_matrix(counts, matrix_labels, None, normalize=False),
                      "confusion_matrix_counts", "Confusion matrix (counts)",

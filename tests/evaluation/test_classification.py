@@ -292,3 +292,24 @@ def test_a_class_missing_from_validation_has_no_chosen_operating_point():
     points = validation_operating_points(np.zeros(5, bool), np.linspace(0, 1, 5), np.r_[True, False], np.r_[0.9, 0.1])
     assert math.isnan(points["sens_at_95_spec"]["sensitivity"]["value"])
     assert math.isnan(points["spec_at_95_sens"]["specificity"]["value"])
+
+
+# --- per-subgroup sensitivity (issue 10)
+def test_subgroup_sensitivity_counts_each_subgroup_and_flags_small_ones():
+    from pipeline.evaluation.classification import subgroup_sensitivity
+
+    y_true = np.array([0] * 12 + [1] * 4 + [0] * 3)
+    y_pred = np.array([0] * 9 + [1] * 3 + [1] * 2 + [0] * 2 + [0, 0, 1])
+    metadata = pd.DataFrame({"sex": ["female"] * 16 + ["male"] * 3,
+                             "age": [25] * 8 + [55] * 8 + [None, 80, 81]})
+    out = subgroup_sensitivity(y_true, y_pred, metadata, ["MEL", "NV"])
+    female = out["sex"]["female"]
+    assert female["n_images"] == 16
+    assert (female["per_class"]["MEL"]["k"], female["per_class"]["MEL"]["n"]) == (9, 12)
+    assert not female["per_class"]["MEL"]["too_small"] and female["per_class"]["NV"]["too_small"]
+    assert (out["sex"]["male"]["per_class"]["MEL"]["k"], out["sex"]["male"]["per_class"]["MEL"]["n"]) == (2, 3)
+    assert list(out["age"]) == ["< 30", "50–69", "≥ 70"]  # bands in order; a missing age forms no band
+    assert out["age"]["≥ 70"]["n_images"] == 2
+    lo, hi = female["per_class"]["MEL"]["ci95"]
+    assert lo < 0.75 < hi
+    assert subgroup_sensitivity(y_true, y_pred, pd.DataFrame(index=range(19)), ["MEL", "NV"]) == {}

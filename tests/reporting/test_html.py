@@ -358,3 +358,23 @@ def test_learning_curves_show_the_history_and_the_loss_weights(tmp_path):
     text = out.read_text()
     assert 'id="training"' in text and "epoch 2 (dashed line)" in text and "per-class weights" in text
     assert (run_dir / "figures" / "learning_curves.png").stat().st_size > 1000
+
+
+def test_subgroup_tables_show_the_stored_sensitivities(tmp_path):
+    from pipeline.evaluation.classification import compute_classification_metrics
+    from pipeline.reporting.html import write_experiment_report
+    from tests.reporting.conftest import make_classification_run, write_metrics_json
+
+    run_dir, config = make_classification_run(tmp_path)
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    metadata = pd.DataFrame({"sex": np.where(np.arange(len(predictions)) % 2, "male", "female"),
+                             "age": np.linspace(20, 85, len(predictions))})
+    metrics = compute_classification_metrics(predictions, config["dataset"]["classes"], config["dataset"]["class_names"],
+                                             n_bootstrap=20, metadata=metadata)
+    write_metrics_json(metrics, run_dir / "metrics.json")
+    html = write_experiment_report(run_dir=run_dir, config=config, out_path=run_dir / "r.html").read_text()
+    assert 'id="subgroups"' in html and 'data-attribute="age"' in html
+    mel = metrics["subgroups"]["sex"]["female"]["per_class"]["MEL"]
+    assert f'data-class="MEL" data-value="{mel["value"]!r}"' in html
+    n_small = sum(c["too_small"] for t in metrics["subgroups"].values() for g in t.values() for c in g["per_class"].values())
+    assert html.count('class="num small"') == n_small > 0
