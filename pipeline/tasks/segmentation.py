@@ -221,7 +221,7 @@ class SegmentationTask:
 
 
 DEFAULT_TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
-DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49, 81, 121)
+DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49, 81, 121, 196, 289, 400)
 
 
 LESION_TYPE_RULES = ("pixel", "instance_vote")
