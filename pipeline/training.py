@@ -108,6 +108,7 @@ class Trainer:
     num_workers: int
     steps_per_epoch: int
     run_id: str
+    sync_every: int = 1  # steps between host reads of the loss (every step on CPU; 50 on GPU)
 
     @property
     def is_main(self) -> bool:
@@ -171,7 +172,8 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
                    model=model, net=net, criterion=criterion, dataset=dataset, loader=loader,
                    shuffle_generator=shuffle_generator, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                    val_frame=val_frame, class_counts=counts, num_workers=num_workers,
-                   steps_per_epoch=steps_per_epoch, run_id=fingerprint(cfg))
+                   steps_per_epoch=steps_per_epoch, run_id=fingerprint(cfg),
+                   sync_every=1 if device.type == "cpu" else 50)
 
 
 def resume(trainer: Trainer) -> dict:
@@ -212,11 +214,16 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
     if hasattr(trainer.dataset, "set_epoch"):
         trainer.dataset.set_epoch(epoch)
     trainer.net.train()
-    running, seen = 0.0, 0
+    # Running sums stay on the device: reading a loss (.item(), a finiteness test) makes the host wait
+    # for the GPU, so it happens every `sync_every` steps (every step on CPU, where it costs nothing).
+    running = torch.zeros((), dtype=torch.float64, device=trainer.device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=trainer.device)  # first non-finite batch
+    seen = 0
     weight_rows = []
     sampler = trainer.loader.sampler
     feedback = getattr(sampler, "wants_feedback", False)  # hard_examples: per-image losses go back to it
     batch_size = trainer.loader.batch_size
+    first_step = state["global_step"]
     for batch_index, (inputs, targets) in enumerate(trainer.loader):
         if batch_index >= steps_per_epoch:
             break
@@ -228,13 +235,9 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = trainer.net(inputs)
         loss = criterion(logits.float(), targets)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"{cfg['experiment']} seed {seed}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch "
-                f"{batch_index + 1}, optimizer step {step}. The last good checkpoint "
-                f"({trainer.run_dir / rundir.LAST_CHECKPOINT}) is kept. "
-                "Lower the learning rate, check the loss parameters, or check the inputs of this batch."
-            )
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), batch_index, first_bad)
+        if (batch_index + 1) % trainer.sync_every == 0 or batch_index + 1 == steps_per_epoch:
+            _stop_if_non_finite(trainer, int(first_bad), epoch, first_step)
         if feedback:  # batches come in the sampler's order: batch b holds positions b*B … b*B + len - 1
             per_image = nn.functional.cross_entropy(logits.detach().float(), targets, reduction="none")
             first = batch_index * batch_size
@@ -249,16 +252,30 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
         trainer.scaler.update()
         trainer.scheduler.step()
         state["global_step"] += 1
-        running += loss.item() * len(targets)
+        running += loss.detach() * len(targets)
         seen += len(targets)
         if track_weights:
             weight_rows.append(f"{step}," + ",".join(f"{w:.5f}" for w in criterion.current_weights().tolist()))
         if trainer.is_main and (batch_index + 1) % progress_every == 0 and batch_index + 1 < steps_per_epoch:
             log.info("%s seed %d | epoch %d/%d | batch %d/%d | loss %.4f", cfg["experiment"], seed, epoch + 1,
-                     epochs, batch_index + 1, steps_per_epoch, running / max(seen, 1))
+                     epochs, batch_index + 1, steps_per_epoch, running.item() / max(seen, 1))
+    _stop_if_non_finite(trainer, int(first_bad), epoch, first_step)
     if feedback:
         sampler.end_epoch()  # every rank: the epoch's losses become the memory the next epoch draws from
-    return running / max(seen, 1), weight_rows
+    return running.item() / max(seen, 1), weight_rows
+
+
+def _stop_if_non_finite(trainer: Trainer, bad_batch: int, epoch: int, first_step: int) -> None:
+    """Stop with the step and batch of the first non-finite loss of the epoch (-1: none so far)."""
+    if bad_batch < 0:
+        return
+    cfg = trainer.cfg
+    raise TrainingError(
+        f"{cfg['experiment']} seed {cfg['seed']}: non-finite loss at epoch {epoch + 1}, batch {bad_batch + 1}, "
+        f"optimizer step {first_step + bad_batch}. The last good checkpoint "
+        f"({trainer.run_dir / rundir.LAST_CHECKPOINT}) is kept. "
+        "Lower the learning rate, check the loss parameters, or check the inputs of this batch."
+    )
 
 
 def save_checkpoint(trainer: Trainer, state: dict, improved: bool, weight_rows: list[str]) -> None:

@@ -164,3 +164,28 @@ def test_the_trainer_feeds_each_images_loss_back_to_the_hard_example_sampler(tmp
     assert seen.sum() >= n_train // 2  # two epochs of draws with replacement reach most images
     assert (losses[seen] >= 0).all() and torch.isfinite(losses[seen]).all()
     assert summary["steps"] == training.train(run_with(tmp_path / "plain"), threads=1)["steps"]
+
+
+def test_a_non_finite_loss_found_at_a_deferred_check_names_its_own_batch(tmp_path, monkeypatch):
+    """On GPU the loss is read every `sync_every` steps; the error still names the first bad batch."""
+    run = tiny_classification_run(tmp_path, epochs=1)
+    real_build, real_setup = training.build_loss, training.setup
+
+    class NanFromSecondBatch(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, logits, target):
+            self.calls += 1
+            return self.inner(logits, target) * (float("nan") if self.calls >= 2 else 1.0)
+
+    def deferred_setup(*args, **kwargs):
+        trainer = real_setup(*args, **kwargs)
+        trainer.sync_every = 3
+        return trainer
+
+    monkeypatch.setattr(training, "build_loss", lambda *a, **k: NanFromSecondBatch(real_build(*a, **k)))
+    monkeypatch.setattr(training, "setup", deferred_setup)
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1, batch 2, optimizer step 1\b"):
+        training.train(run, threads=1)
