@@ -69,7 +69,9 @@ def test_predict_stage_fits_on_validation_images_only_and_adjusts_the_test_softm
 
     monkeypatch.setattr(ClassificationTask, "logits", spy)
     path = predict.predict_run(run, "test")
-    assert seen == [["val"], ["test"]]  # the fit looked at validation images; test images only got predicted
+    # the fit looked at validation images, then the validation split was predicted (val_predictions.csv,
+    # where operating thresholds are chosen); test images were only predicted, never fitted on
+    assert seen == [["val"], ["val"], ["test"]]
 
     record = rundir.read_logit_offsets(path.parent)
     assert record["method"] == "fit_val" and record["split"] == "val" and record["classes"] == ["A", "B", "C"]
