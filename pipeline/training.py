@@ -6,7 +6,6 @@ on the validation split (never on test), progress lines and a per-epoch history.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
