@@ -8,6 +8,7 @@
     pipeline report   --config C --experiment E [--seed K]
     pipeline compare  --config C
     pipeline infer    --run results/E/seedK --images DIR_OR_CSV --out DIR [--skip-bad] [--tta flips|dihedral]
+    pipeline export   --run results/E/seedK --out DIR [--format torchscript onnx exported_program]
     pipeline list     losses|models|segmenters|adapters|samplers|optimizers|schedulers|tasks
     pipeline list     experiments --config C            every experiment, grid cells expanded
 A run can also be named by its resolved config file (`--run-config results/E/seedK/run.yaml`).
@@ -139,6 +140,13 @@ def cmd_infer(args) -> None:
     from pipeline.infer import infer
 
     infer(args.run, args.images, args.out, skip_bad=args.skip_bad, device=args.device, tta=args.tta)
+
+
+def cmd_export(args) -> None:
+    from pipeline.export import export
+
+    path = export(args.run, args.out, formats=tuple(args.format))
+    log.info("wrote %s", path)
 
 
 def cmd_report(args) -> None:
@@ -290,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flips", "dihedral"], default=None,
                    help="test-time augmentation: outputs averaged over flips (4 views) or flips and rotations (8)")
     p.set_defaults(func=cmd_infer)
+    p = sub.add_parser("export", help="TorchScript / ONNX files of a trained run, checked against PyTorch")
+    p.add_argument("--run", required=True, help="a trained run folder, results/<experiment>/seed<k>")
+    p.add_argument("--out", required=True, help="output folder (model.ts, model.onnx, export.json)")
+    p.add_argument("--format", nargs="+", default=["torchscript", "onnx"],
+                   choices=["torchscript", "onnx", "exported_program"], help="formats to write (default: torchscript onnx)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="what can be named in a config")
     p.add_argument("what", choices=["models", "segmenters", *LISTABLE, "experiments"])
     p.add_argument("pattern", nargs="?", help="glob for models, e.g. 'resnet*'")

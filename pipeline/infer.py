@@ -90,6 +90,18 @@ def _readable(frame: pd.DataFrame, skip_bad: bool) -> tuple[pd.DataFrame, list[d
     return frame[keep].reset_index(drop=True), skipped
 
 
+def trained_run_config(run_dir: str | Path) -> dict:
+    """The resolved config of a trained run folder: run.yaml (the workflow's) or the config saved
+    beside the checkpoint by training; ``run_dir`` set to the folder given, wherever it was moved."""
+    run_dir = Path(run_dir)
+    config_path = next((run_dir / name for name in (rundir.RUN_CONFIG, rundir.CHECKPOINT_CONFIG)
+                        if (run_dir / name).is_file()), None)
+    if config_path is None:
+        raise PipelineError(f"{run_dir} is not a trained run folder (no {rundir.RUN_CONFIG} or "
+                            f"{rundir.CHECKPOINT_CONFIG}); give results/<experiment>/seed<k>")
+    return dict(rundir.read_run_config(config_path), run_dir=str(run_dir))
+
+
 def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: bool = False,
           device: str = "auto", tta: str | None = None) -> Path:
     """Apply a trained run to new images (see module docstring); returns the output folder."""
@@ -97,14 +109,7 @@ def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: boo
     from pipeline.sklearn_trainer import is_sklearn
 
     run_dir, out = Path(run), Path(out)
-    # run.yaml (the workflow's) or the resolved config saved beside the checkpoint by training
-    config_path = next((run_dir / name for name in (rundir.RUN_CONFIG, rundir.CHECKPOINT_CONFIG)
-                        if (run_dir / name).is_file()), None)
-    if config_path is None:
-        raise PipelineError(f"{run_dir} is not a trained run folder (no {rundir.RUN_CONFIG} or "
-                            f"{rundir.CHECKPOINT_CONFIG}); give results/<experiment>/seed<k>")
-    cfg = rundir.read_run_config(config_path)
-    cfg = dict(cfg, run_dir=str(run_dir))  # the folder given, wherever the run was moved to
+    cfg = trained_run_config(run_dir)
     if tta is not None:  # test-time augmentation for these images only (the run's own predict.tta otherwise)
         views(tta)
         cfg["predict"] = dict(cfg["predict"], tta=tta)
@@ -141,17 +146,29 @@ def _classify(task, model, frame, run_dir: Path, out: Path, device, amp_dtype) -
     for i, code in enumerate(classes):
         table[f"prob_{code}"] = probs[:, i]
     table["pred"] = np.asarray(classes)[probs.argmax(axis=1)]
-    metrics_path = run_dir / rundir.METRICS
-    if metrics_path.is_file():
-        per_class = json.loads(metrics_path.read_text())["per_class"]
-        for i, code in enumerate(classes):
-            chosen = (per_class.get(code) or {}).get("operating_points_val")
-            threshold = (chosen or {}).get("sens_at_95_spec", {}).get("threshold")
-            if threshold is not None and np.isfinite(threshold):
-                table[f"call_{code}"] = probs[:, i] >= threshold
-    else:
+    thresholds = validation_thresholds(run_dir, classes)
+    if thresholds is None:
         log.warning("%s has no %s: no operating-point calls (run the evaluate stage first)", run_dir, rundir.METRICS)
+    for i, code in enumerate(classes):
+        if code in (thresholds or {}):
+            table[f"call_{code}"] = probs[:, i] >= thresholds[code]
     return write_csv(table, out / "predictions.csv")
+
+
+def validation_thresholds(run_dir: Path, classes: list[str]) -> dict[str, float] | None:
+    """Per class, the probability threshold chosen on the validation split for 95% specificity
+    (metrics.json ``operating_points_val``); None when the run has not been evaluated."""
+    metrics_path = Path(run_dir) / rundir.METRICS
+    if not metrics_path.is_file():
+        return None
+    per_class = json.loads(metrics_path.read_text())["per_class"]
+    chosen = {}
+    for code in classes:
+        point = ((per_class.get(code) or {}).get("operating_points_val") or {}).get("sens_at_95_spec", {})
+        threshold = point.get("threshold")
+        if threshold is not None and np.isfinite(threshold):
+            chosen[code] = float(threshold)
+    return chosen
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:

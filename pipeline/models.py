@@ -1,7 +1,13 @@
 """Models by name: timm classifiers and segmentation-models-pytorch segmenters.
 
-Nothing is downloaded: `pretrained_path` is a local weights file (a state dict saved with
-torch.save or a .safetensors file); without it the model starts from random weights.
+Nothing is downloaded. Pretrained weights come from a local file, in one of two ways:
+- ``model.pretrained_path``: a weights file (a state dict saved with torch.save, or .safetensors);
+- ``model.pretrained: true`` (SMP encoders: or the weights' name, e.g. ``ssl``): the file timm or
+  SMP would download, found in the local Hugging Face hub cache (``HF_HUB_CACHE``, by default
+  ~/.cache/huggingface/hub) or torch hub's checkpoint folder, as left there by an earlier download
+  or copied from a machine with internet. When it is not there, the error names the repository,
+  the file and the folder to place it in.
+Without either the model starts from random weights.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ def build_classifier(spec: dict, num_classes: int, head: str = "linear") -> nn.M
     params = dict(spec.get("params") or {})
     outputs = num_classes if head == "linear" else 0  # 0: timm returns pooled features
     weights = spec.get("pretrained_path")
+    if not weights and spec.get("pretrained"):
+        weights = str(cached_timm_weights(name))
     if weights:
         # timm loads a local file through pretrained_cfg_overlay and adapts the classifier head
         # (it is dropped when num_classes differs), so no hub is ever contacted.
@@ -95,6 +103,9 @@ def build_segmenter(spec: dict, num_classes: int) -> nn.Module:
     model = smp.create_model(arch, encoder_name=spec.get("encoder", "resnet18"), encoder_weights=None,
                              classes=num_classes, **params)
     weights = spec.get("pretrained_path")
+    if not weights and spec.get("pretrained"):
+        named = spec["pretrained"] if isinstance(spec["pretrained"], str) else "imagenet"
+        weights = str(cached_encoder_weights(spec.get("encoder", "resnet18"), named))
     if weights:
         load_encoder_weights(model.encoder, _existing(weights))
     return model
@@ -102,9 +113,82 @@ def build_segmenter(spec: dict, num_classes: int) -> nn.Module:
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     state = load_state_dict(path)
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if len(missing) == len(list(encoder.state_dict())):
+    own = set(encoder.state_dict())
+    if not own & set(state) and own & {f"model.{key}" for key in state}:
+        # a timm model's weights for an SMP "tu-" encoder, which holds the timm model as .model
+        state = {f"model.{key}": value for key, value in state.items()}
+    if not own & set(state):
         raise ConfigError(f"{path}: none of its tensors match the encoder; is it a weights file for this encoder?")
+    # strict=False: a classifier's head (fc.*) in the file has no place in an encoder. Some SMP
+    # encoders' load_state_dict return nothing, so the overlap is counted above, not from its result.
+    encoder.load_state_dict(state, strict=False)
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _from_hub_cache(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=_hub_cache(), revision=revision)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _not_cached(what: str, places: list[str]) -> ConfigError:
+    return ConfigError(f"model.pretrained: true: no local copy of {what}, and nothing is downloaded. Place "
+                       + " or ".join(places) + ", or give the file as model.pretrained_path")
+
+
+def cached_timm_weights(name: str) -> Path:
+    """The local file of timm model ``name``'s pretrained weights (``name`` may carry a tag, e.g.
+    ``resnet18.a1_in1k``), where timm itself would have downloaded it: the Hugging Face hub cache
+    (``hf_hub_id``) or torch hub's checkpoints folder (``url``). ConfigError saying where it goes."""
+    import os
+    from urllib.parse import urlparse
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ConfigError(f"timm has no pretrained weights for {name!r}; list them with `pipeline list models '{name.split('.')[0]}*'`")
+    places = []
+    if cfg.hf_hub_id:
+        repo_id, _, revision = cfg.hf_hub_id.partition("@")
+        found = _from_hub_cache(repo_id, ("model.safetensors", "pytorch_model.bin"), revision or None)
+        if found is not None:
+            return found
+        places.append(f"model.safetensors from https://huggingface.co/{repo_id} in the hub cache "
+                      f"({_hub_cache() / ('models--' + repo_id.replace('/', '--'))}/snapshots/<commit>/, "
+                      f"e.g. `huggingface-cli download {repo_id} model.safetensors` on a machine with internet)")
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+        if path.is_file():
+            return path
+        places.append(f"{cfg.url} at {path}")
+    raise _not_cached(f"timm {name}'s weights", places)
+
+
+def cached_encoder_weights(encoder: str, weights: str = "imagenet") -> Path:
+    """The local file of SMP encoder ``encoder``'s pretrained ``weights``, where SMP would have
+    downloaded it (the hub cache, at the revision SMP pins); ``tu-<name>`` encoders: timm's file."""
+    from segmentation_models_pytorch.encoders import encoders
+
+    if encoder.startswith("tu-"):
+        return cached_timm_weights(encoder[3:])
+    settings = encoders.get(encoder, {}).get("pretrained_settings", {})
+    if weights not in settings:
+        raise ConfigError(f"SMP encoder {encoder!r} has no pretrained weights {weights!r}; it has {sorted(settings)}")
+    repo_id, revision = settings[weights]["repo_id"], settings[weights].get("revision")
+    found = _from_hub_cache(repo_id, ("model.safetensors",), revision)
+    if found is not None:
+        return found
+    raise _not_cached(f"SMP {encoder} {weights} weights", [
+        f"model.safetensors from https://huggingface.co/{repo_id} (revision {revision}) at "
+        f"{_hub_cache() / ('models--' + repo_id.replace('/', '--')) / 'snapshots' / str(revision) / 'model.safetensors'}"])
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

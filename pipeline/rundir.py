@@ -34,6 +34,7 @@ SKLEARN_CHECKPOINT = f"{CHECKPOINT_DIR}/best.json"  # a `kind: sklearn` model as
 TRAINING_SUMMARY = "training_summary.json"
 HISTORY = "history.csv"
 LOSS_WEIGHTS = "loss_weights.csv"
+TENSORBOARD = "tensorboard"  # train.tensorboard: event files
 PREDICTIONS = "predictions.csv"
 # classification: the same model's predictions on the validation split, where operating thresholds
 # are chosen before they are applied to the test split
@@ -112,12 +113,18 @@ def read_yaml_mapping(path: str | os.PathLike[str]) -> dict:
     return data
 
 
+LOGGING_KEYS = ("tensorboard",)  # train settings that only say where training is logged
+
+
 def fingerprint(cfg: Mapping[str, Any], *, with_code: bool = True) -> str:
     """What makes two runs the same training: everything but where it is written. Resuming also
     requires the same code version; using a finished checkpoint does not."""
     keys = ("experiment", "seed", "task", "dataset", "model", "loss", "sampler", "train")
     keys += ("code_version",) if with_code else ()
-    blob = json.dumps({k: cfg[k] for k in keys}, sort_keys=True, default=str)
+    same = {k: cfg[k] for k in keys}
+    # where training is also logged to does not change what is trained
+    same["train"] = {k: v for k, v in cfg["train"].items() if k not in LOGGING_KEYS}
+    blob = json.dumps(same, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

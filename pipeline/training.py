@@ -296,6 +296,39 @@ def save_checkpoint(trainer: Trainer, state: dict, improved: bool, weight_rows: 
     pd.DataFrame(state["history"]).to_csv(run_dir / rundir.HISTORY, index=False)
 
 
+class TensorBoardLog:
+    """``train.tensorboard: true``: each epoch's training loss, validation score, learning rate and
+    time, and the loss's class weights at every recorded step, as TensorBoard scalars in
+    ``<run>/tensorboard`` (main rank). history.csv and loss_weights.csv remain the record the
+    reports read; this is a live view. A resumed run drops events past its checkpoint (purge_step)."""
+
+    def __init__(self, run_dir: Path, output_names: list[str], purge_step: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tensorboard needs the tensorboard package: pip install 'pipeline[tensorboard]'") from None
+        self.writer = SummaryWriter(log_dir=str(run_dir / rundir.TENSORBOARD), purge_step=purge_step or None)
+        self.output_names = output_names
+
+    def epoch(self, record: dict, step: int, weight_rows: list[str]) -> None:
+        for key, value in record.items():
+            if key != "epoch" and value is not None and math.isfinite(value):
+                self.writer.add_scalar(f"{'train' if key == 'train_loss' else 'epoch'}/{key}", value, step)
+        for row in weight_rows:  # "step,w0,w1,..." as written to loss_weights.csv
+            at, *weights = row.split(",")
+            for name, weight in zip(self.output_names, weights):
+                self.writer.add_scalar(f"loss_weight/{name}", float(weight), int(at))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def output_names(task: Task) -> list[str]:
+    """Names of the model's output channels (classes; segmentation: background, then lesion types)."""
+    return list(task.classes) if task.name == "classification" else ["background", *task.types]
+
+
 def train(cfg: dict, *, threads: int | None = None) -> dict:
     """Train one run (experiment × seed); resume from checkpoints/last.pt when it belongs to this run."""
     trainer = setup(cfg, threads)
@@ -305,6 +338,9 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
     if track_weights and state["epoch"] == 0:
         (trainer.run_dir / rundir.LOSS_WEIGHTS).write_text(
             "step," + ",".join(f"w{i}" for i in range(task.num_outputs)) + "\n")
+
+    board = (TensorBoardLog(trainer.run_dir, output_names(task), state["global_step"])
+             if cfg["train"].get("tensorboard") and trainer.is_main else None)
 
     for epoch in range(state["epoch"], epochs):
         started = time.perf_counter()
@@ -321,6 +357,8 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
         state["history"].append(record)
         if trainer.is_main:
             save_checkpoint(trainer, state, improved, weight_rows)
+            if board is not None:
+                board.epoch(record, state["global_step"], weight_rows)
             log.info("%s seed %d | epoch %d/%d | loss %.4f | val %s %.4f (best %.4f @ %d) | lr %.2e | %.1fs",
                      cfg["experiment"], seed, epoch + 1, epochs, record["train_loss"], task.score_name, val_score,
                      state["best_score"], state["best_epoch"], record["lr"], record["seconds"])
@@ -329,6 +367,8 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
                "best_epoch": state["best_epoch"], f"best_val_{task.score_name}": state["best_score"],
                "steps": state["global_step"], "device": str(trainer.device), "world_size": trainer.world_size,
                "history": state["history"], "train_class_counts": trainer.class_counts}
+    if board is not None:
+        board.close()
     if trainer.is_main:
         rundir.write_training_summary(summary, trainer.run_dir)
     if trainer.world_size > 1:

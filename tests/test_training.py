@@ -189,3 +189,27 @@ def test_a_non_finite_loss_found_at_a_deferred_check_names_its_own_batch(tmp_pat
     monkeypatch.setattr(training, "setup", deferred_setup)
     with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1, batch 2, optimizer step 1\b"):
         training.train(run, threads=1)
+
+
+def test_tensorboard_logs_what_history_and_loss_weights_record_without_changing_the_run(tmp_path):
+    pytest.importorskip("tensorboard", reason="train.tensorboard needs pip install 'pipeline[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.rundir import fingerprint
+
+    run = tiny_classification_run(tmp_path, epochs=2)
+    run["loss"] = {"name": "dynamical", "amplitude": 3.0, "period_epochs": 1}
+    plain = fingerprint(run)
+    run["train"]["tensorboard"] = True
+    assert fingerprint(run) == plain  # a logging switch is not another training
+    summary = training.train(run, threads=1)
+    run_dir = tmp_path / "results/tiny_ce/seed0"
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    history = pd.read_csv(run_dir / "history.csv")
+    logged = [event.value for event in events.Scalars("train/train_loss")]
+    assert logged == pytest.approx(history["train_loss"].tolist(), rel=1e-6)
+    assert [event.step for event in events.Scalars("epoch/val_balanced_accuracy")][-1] == summary["steps"]
+    weights = pd.read_csv(run_dir / "loss_weights.csv")
+    for i, name in enumerate(("A", "B", "C")):
+        assert [event.value for event in events.Scalars(f"loss_weight/{name}")] == pytest.approx(weights[f"w{i}"].tolist(), rel=1e-4)
