@@ -7,7 +7,7 @@
     pipeline evaluate --config C --experiment E [--seed K]
     pipeline report   --config C --experiment E [--seed K]
     pipeline compare  --config C
-    pipeline infer    --run results/E/seedK --images DIR_OR_CSV --out DIR [--skip-bad] [--tta flips|dihedral]
+    pipeline infer    --run results/E/seedK --images DIR_OR_CSV --out DIR [--skip-bad] [--tta flips|dihedral] [--explain]
     pipeline export   --run results/E/seedK --out DIR [--format torchscript onnx exported_program]
     pipeline list     losses|models|segmenters|adapters|samplers|optimizers|schedulers|tasks
     pipeline list     experiments --config C            every experiment, grid cells expanded
@@ -139,7 +139,8 @@ def cmd_evaluate(args) -> None:
 def cmd_infer(args) -> None:
     from pipeline.infer import infer
 
-    infer(args.run, args.images, args.out, skip_bad=args.skip_bad, device=args.device, tta=args.tta)
+    infer(args.run, args.images, args.out, skip_bad=args.skip_bad, device=args.device, tta=args.tta,
+          explain=args.explain)
 
 
 def cmd_export(args) -> None:
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     p.add_argument("--tta", choices=["none", "flips", "dihedral"], default=None,
                    help="test-time augmentation: outputs averaged over flips (4 views) or flips and rotations (8)")
+    p.add_argument("--explain", action="store_true",
+                   help="classification: also write explain/<id>.png, Grad-CAM++ of the predicted class")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("export", help="TorchScript / ONNX files of a trained run, checked against PyTorch")
     p.add_argument("--run", required=True, help="a trained run folder, results/<experiment>/seed<k>")

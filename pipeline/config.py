@@ -38,7 +38,8 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
-        "predict": {"batch_size": 64, "logit_offsets": "none", "tta": "none"},
+        # saliency: Grad-CAM++ overlays of the report's boundary-case galleries (pipeline/saliency.py)
+        "predict": {"batch_size": 64, "logit_offsets": "none", "tta": "none", "saliency": "gradcam_pp"},
     },
     "segmentation": {
         "model": {"name": "Unet", "encoder": "resnet18", "pretrained_path": None, "params": {}},
@@ -217,6 +218,9 @@ def resolve_experiment(config: dict, experiment: str, seed: int) -> dict:
     settings = deep_merge(settings, {k: v for k, v in spec.items() if k != "dataset"})
     if task != "classification" and settings["predict"].get("logit_offsets", "none") != "none":
         raise ConfigError(f"experiment {experiment!r}: predict.logit_offsets is for classification only")
+    if task != "classification" and settings["predict"].get("saliency", "none") != "none":
+        raise ConfigError(f"experiment {experiment!r}: predict.saliency is for classification only "
+                          "(segmentation reports draw the predicted lesions themselves)")
     dataset.update(
         name=dataset_name,
         manifest=str(split_manifest_path(config, dataset_name)),

@@ -17,6 +17,8 @@ Outputs (each file written atomically; a run that stops leaves no half-written f
 - segmentation: ``masks/<id>.png`` (label maps), ``overlays/<id>.png`` (lesions drawn over the photo)
   and ``lesion_counts.csv``: image_id, n_<type>..., n_lesions, grade, grade_label (the dataset's
   grading thresholds);
+- ``explain/<id>.png`` with ``--explain`` (classification): the evaluation crop tinted by Grad-CAM++
+  for the predicted class (pipeline.saliency);
 - ``skipped.csv`` with ``--skip-bad``: each unreadable image and the reason. Without it the first
   unreadable image stops the command with its name.
 """
@@ -103,7 +105,7 @@ def trained_run_config(run_dir: str | Path) -> dict:
 
 
 def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: bool = False,
-          device: str = "auto", tta: str | None = None) -> Path:
+          device: str = "auto", tta: str | None = None, explain: bool = False) -> Path:
     """Apply a trained run to new images (see module docstring); returns the output folder."""
     from pipeline.predict import load_best_model
     from pipeline.sklearn_trainer import is_sklearn
@@ -115,6 +117,9 @@ def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: boo
         cfg["predict"] = dict(cfg["predict"], tta=tta)
     if is_sklearn(cfg):
         raise PipelineError(f"{run_dir} is the scikit-learn baseline; infer uses a trained network run")
+    if explain and cfg["task"] != "classification":
+        raise PipelineError("--explain draws Grad-CAM++ maps of a classifier; a segmentation run's overlays/ "
+                            "already show each predicted lesion")
     frame, skipped = _readable(list_images(images), skip_bad)
     out.mkdir(parents=True, exist_ok=True)
     if skipped:
@@ -127,14 +132,14 @@ def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: boo
     amp_dtype = amp_dtype_for(torch_device, cfg["train"]["amp"])
     log.info("%s seed %s: inferring %d image(s) on %s", cfg["experiment"], cfg["seed"], len(frame), torch_device)
     if task.name == "classification":
-        path = _classify(task, model, frame, run_dir, out, torch_device, amp_dtype)
+        path = _classify(task, model, frame, run_dir, out, torch_device, amp_dtype, explain)
     else:
         path = _segment(task, model, frame, cfg, run_dir, out, torch_device, amp_dtype)
     log.info("wrote %s", path)
     return out
 
 
-def _classify(task, model, frame, run_dir: Path, out: Path, device, amp_dtype) -> Path:
+def _classify(task, model, frame, run_dir: Path, out: Path, device, amp_dtype, explain: bool = False) -> Path:
     classes = task.classes
     # the eval transform and batching of the predict stage; the label column is a placeholder
     logits = task.logits(model, frame.assign(label=classes[0]), device, amp_dtype=amp_dtype)
@@ -146,6 +151,12 @@ def _classify(task, model, frame, run_dir: Path, out: Path, device, amp_dtype) -
     for i, code in enumerate(classes):
         table[f"prob_{code}"] = probs[:, i]
     table["pred"] = np.asarray(classes)[probs.argmax(axis=1)]
+    if explain:  # Grad-CAM++ of the predicted class over the crop the model saw (pipeline.saliency)
+        from pipeline.saliency import explain as explain_images
+
+        written = explain_images(task, model, frame.assign(label=classes[0]), probs.argmax(axis=1).tolist(),
+                                 out / "explain", device)
+        log.info("wrote %d Grad-CAM++ overlays to %s", len(written), out / "explain")
     thresholds = validation_thresholds(run_dir, classes)
     if thresholds is None:
         log.warning("%s has no %s: no operating-point calls (run the evaluate stage first)", run_dir, rundir.METRICS)

@@ -72,6 +72,12 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
             rundir.write_predictions(task.predict(model, val, device, run_dir, amp_dtype=amp_dtype), run_dir,
                                      name=rundir.VAL_PREDICTIONS)
     table = task.predict(model, images, device, run_dir, amp_dtype=amp_dtype)
+    if task.name == "classification" and split == "test" and cfg["predict"].get("saliency", "none") != "none":
+        # Grad-CAM++ of the report's boundary cases, before predictions.csv (the declared output) lands
+        from pipeline.saliency import explain_boundary_cases
+
+        maps = explain_boundary_cases(task, model, images, table, run_dir, device)
+        log.info("wrote %d Grad-CAM++ overlays of the report's boundary cases to %s", len(maps), run_dir / "saliency")
     path = rundir.write_predictions(table, run_dir)
     log.info("wrote %s (%d %s images)", path, len(table), split)
     return path

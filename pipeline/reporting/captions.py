@@ -247,22 +247,29 @@ def data_caption(
     return text.strip()
 
 
-def gallery_caption(kind: str, n_shown: int, n_candidates: int) -> str:
-    """kind: 'wrong' (most confidently wrong) or 'tie' (nearest to a tie between two classes)."""
+def gallery_caption(kind: str, n_shown: int, n_candidates: int, n_saliency: int = 0) -> str:
+    """kind: 'wrong' (most confidently wrong) or 'tie' (nearest to a tie between two classes);
+    ``n_saliency``: how many tiles show a Grad-CAM++ overlay instead of the plain image."""
     if n_shown == 0:
         return (
             "No test image was misclassified." if kind == "wrong" else "No test images to show."
         )
     if kind == "wrong":
-        return (
+        text = (
             f"The {count(n_shown)} misclassified test images (of {count(n_candidates)} errors) where the "
             f"model was most sure of its wrong answer: worth a look for label noise, artefacts or "
             f"look-alike lesions."
         )
-    return (
-        f"The {count(n_shown)} test images (of {count(n_candidates)}) where the top two classes were "
-        f"closest in probability: the cases on the model's decision boundary."
-    )
+    else:
+        text = (
+            f"The {count(n_shown)} test images (of {count(n_candidates)}) where the top two classes were "
+            f"closest in probability: the cases on the model's decision boundary."
+        )
+    if n_saliency:
+        shown = "Each image" if n_saliency == n_shown else f"{count(n_saliency)} of the images"
+        text += (f" {shown} is the crop the model saw, tinted by Grad-CAM++ for the predicted class (red: the "
+                 f"regions that raised its score most). A saliency map hints at where the model looked, not why.")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from pipeline.data import io
 from pipeline.data.manifest import SPLITS, read_manifest, resolve
 from pipeline.errors import DataError
 from pipeline.reporting import captions, figures
+from pipeline.saliency import SALIENCY_DIR, boundary_cases
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-GALLERY_SIZE = 8
 THUMBNAIL_PX = 256
 # Per-class table columns: metrics.json key -> column heading.
 CLASS_TABLE_COLUMNS = {
@@ -327,27 +327,6 @@ def headline(metrics: Mapping[str, Any], n_images: int) -> list[dict[str, Any]]:
     return cards
 
 
-def boundary_cases(predictions: pd.DataFrame, classes: Sequence[str], n: int = GALLERY_SIZE) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """The most confidently wrong images and those nearest a tie between their top two classes.
-
-    Selection only (no metric): confidence is the stored probability of the stored prediction;
-    the margin is the gap between the two largest class probabilities.
-    """
-    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-    index = {c: i for i, c in enumerate(classes)}
-    table = predictions[["image_id", "label", "pred"]].copy()
-    table["confidence"] = probs[np.arange(len(probs)), predictions["pred"].map(index).to_numpy()]
-    table["p_true"] = probs[np.arange(len(probs)), predictions["label"].map(index).to_numpy()]
-    top_two = np.sort(probs, axis=1)[:, ::-1][:, :2] if probs.shape[1] > 1 else np.column_stack([probs[:, 0], probs[:, 0]])
-    table["margin"] = top_two[:, 0] - top_two[:, 1]
-    wrong = table[table["label"] != table["pred"]]
-    return (
-        wrong.sort_values(["confidence", "image_id"], ascending=[False, True]).head(n),
-        table.sort_values(["margin", "image_id"]).head(n),
-        len(wrong),
-    )
-
-
 def gallery(
     selected: pd.DataFrame,
     predictions: pd.DataFrame,
@@ -355,14 +334,19 @@ def gallery(
     root: Path,
     labels: Mapping[str, str],
     missing: list[str],
+    saliency_dir: Path | None = None,
 ) -> tuple[list[figures.Case], list[dict[str, Any]]]:
-    """Cases for the gallery figure and rows for the table under it (thumbnails from root/image_path)."""
+    """Cases for the gallery figure and rows for the table under it (thumbnails from root/image_path,
+    or the predict stage's Grad-CAM++ overlay of the image where ``saliency_dir`` holds one)."""
     paths = dict(zip(manifest["image_id"], manifest["image_path"]))
     by_id = predictions.set_index("image_id")
     cases, rows = [], []
     for record in selected.itertuples(index=False):
-        image = None
-        if record.image_id in paths:
+        overlay = saliency_dir / f"{record.image_id}.png" if saliency_dir is not None else None
+        image = read_thumbnail(overlay, THUMBNAIL_PX) if overlay is not None and overlay.is_file() else None
+        if image is not None:
+            pass  # the Grad-CAM++ overlay of the crop stands in for the photo
+        elif record.image_id in paths:
             path = resolve(paths[record.image_id], root)
             image = read_thumbnail(path, THUMBNAIL_PX)
             if image is None:
@@ -496,8 +480,10 @@ def _galleries(
         ("wrong", wrong, n_wrong, "Most confidently wrong"),
         ("tie", ties, len(predictions), "Nearest to a tie"),
     ):
-        cases, rows = gallery(selected, predictions, manifest, root, labels, missing)
-        caption = captions.gallery_caption(kind, len(cases), n_candidates)
+        saliency = Path(config["run_dir"]) / SALIENCY_DIR if config.get("run_dir") else None
+        cases, rows = gallery(selected, predictions, manifest, root, labels, missing, saliency)
+        n_maps = sum(saliency is not None and (saliency / f"{c.image_id}.png").is_file() for c in cases)
+        caption = captions.gallery_caption(kind, len(cases), n_candidates, n_saliency=n_maps)
         entry = {"id": f"gallery_{kind}", "title": title, "caption": caption, "rows": rows, "figure": None}
         if cases:
             entry["figure"] = sink.add(figures.plot_case_gallery(cases), f"gallery_{kind}", title, caption)
@@ -714,7 +700,8 @@ def write_experiment_report(
     if task == "classification":
         predictions = read_classification_predictions(run_dir, list(labels))
         context["data"], manifest = data_section(config, task, labels, sink)
-        context["classification"] = classification_sections(metrics, predictions, manifest, config, labels, sink)
+        context["classification"] = classification_sections(metrics, predictions, manifest,
+                                                            dict(config, run_dir=str(run_dir)), labels, sink)
         context["classification"]["logit_offsets"] = logit_offsets_section(rundir.read_logit_offsets(run_dir), labels)
         context["segmentation"] = None
     else:
