@@ -51,15 +51,24 @@ def boundary_cases(predictions: pd.DataFrame, classes: Sequence[str], n: int = G
     )
 
 
-def target_layer(model) -> str | None:
-    """Name of the module whose activations Grad-CAM++ weighs: the last feature stage of a timm
-    backbone (``feature_info``), or None for a model without one (then no maps are drawn)."""
+MIN_MAP_SIDE = 7  # the Grad-CAM papers' setting: ResNet's last stage on 224-px images is 7 x 7
+
+
+def target_layer(model, image_side: int | None = None) -> str | None:
+    """Name of the module whose activations Grad-CAM++ weighs, or None for a model without a
+    feature stage (then no maps are drawn). The last feature stage of the timm backbone
+    (``feature_info``), as in the papers, unless on ``image_side``-px inputs its map would be
+    smaller than 7 x 7 (a 64-px image gives ResNet's last stage a 2 x 2 map, four blocks of
+    colour): then the deepest stage with a map of at least 7 x 7."""
     backbone, prefix = (model.backbone, "backbone.") if hasattr(model, "backbone") else (model, "")
     info = getattr(backbone, "feature_info", None)
     if not info:
         return None
-    last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
-    return prefix + last["module"] if last.get("module") else None
+    stages = [stage for stage in (info if isinstance(info, list) else info.get_dicts()) if stage.get("module")]
+    if not stages:
+        return None
+    fine = [stage for stage in stages if not image_side or image_side // int(stage.get("reduction", 1)) >= MIN_MAP_SIDE]
+    return prefix + (fine[-1] if fine else stages[0])["module"]
 
 
 def saliency_maps(model, images, class_indices: Sequence[int]) -> np.ndarray | None:
@@ -68,7 +77,7 @@ def saliency_maps(model, images, class_indices: Sequence[int]) -> np.ndarray | N
     import torch
     from monai.visualize import GradCAMpp
 
-    layer = target_layer(model)
+    layer = target_layer(model, min(images.shape[-2:]))
     if layer is None:
         return None
     # MONAI registers hooks it never removes (and turns in-place activations off): a copy carries

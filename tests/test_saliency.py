@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.data.io import read_rgb
 from pipeline.evaluation.run import evaluate_run
 from pipeline.reporting.html import write_experiment_report
-from pipeline.saliency import SALIENCY_DIR, boundary_cases, overlay_heatmap, saliency_maps
+from pipeline.saliency import SALIENCY_DIR, boundary_cases, overlay_heatmap, saliency_maps, target_layer
 from tests.helpers import tiny_classification_run
 
 
@@ -82,3 +82,12 @@ def test_infer_explain_writes_one_overlay_per_image(evaluated_run, tmp_path):
     assert main(["infer", "--run", evaluated_run["run_dir"], "--images", str(tmp_path / "images.csv"),
                  "--out", str(tmp_path / "out"), "--explain"]) == 0
     assert sorted(p.stem for p in (tmp_path / "out" / "explain").glob("*.png")) == sorted(test["image_id"])
+
+
+def test_the_explained_stage_is_the_last_unless_its_map_would_be_coarser_than_7_px():
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=3)  # stages at strides 2, 4, 8, 16, 32
+    assert target_layer(model) == "layer4"
+    assert target_layer(model, 224) == "layer4"  # 7 x 7, the papers' setting
+    assert target_layer(model, 64) == "layer2"  # layer4 would be 2 x 2, layer3 4 x 4
