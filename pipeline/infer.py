@@ -39,6 +39,7 @@ from pipeline.data.adapters._common import IMAGE_EXTENSIONS
 from pipeline.data.instances import HAYASHI_THRESHOLDS, grade_from_count
 from pipeline.data.io import read_rgb, write_png_atomic
 from pipeline.errors import DataError, PipelineError
+from pipeline.progress import progress
 from pipeline.training import amp_dtype_for, select_device
 from pipeline.tta import views
 
@@ -204,7 +205,7 @@ def _segment(task, model, frame, cfg: dict, run_dir: Path, out: Path, device, am
     names = grade_labels(thresholds)
     model.eval()
     rows = []
-    for number, row in enumerate(frame.itertuples(index=False), start=1):
+    for number, row in enumerate(progress(frame.itertuples(index=False), "segmenting", total=len(frame), unit="image"), start=1):
         image = read_rgb(row.image_path)
         labels = lesion_label_map(task.probabilities(model, image, device, amp_dtype), **settings)
         instances = predicted_instances(labels, **settings["split"])

@@ -26,6 +26,7 @@ from pipeline.data.manifest import read_manifest, validate_manifest
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import build_loss
 from pipeline.optim import build_optimizer, build_scheduler
+from pipeline.progress import progress_bar
 from pipeline import rundir
 from pipeline.rundir import fingerprint
 from pipeline.tasks import get_task
@@ -223,6 +224,9 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
     feedback = getattr(sampler, "wants_feedback", False)  # hard_examples: per-image losses go back to it
     batch_size = trainer.loader.batch_size
     first_step = state["global_step"]
+    # a bar advanced by hand: wrapping the loader would keep its iterator alive past the epoch's
+    # last step, and with persistent workers that shifts the next epoch's draws (exact resume breaks)
+    bar = progress_bar(f"epoch {epoch + 1}/{trainer.epochs}", total=steps_per_epoch, unit="batch", enabled=trainer.is_main)
     for batch_index, (inputs, targets) in enumerate(trainer.loader):
         if batch_index >= steps_per_epoch:
             break
@@ -255,9 +259,11 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
         seen += len(targets)
         if track_weights:
             weight_rows.append(f"{step}," + ",".join(f"{w:.5f}" for w in criterion.current_weights().tolist()))
+        bar.update()
         if trainer.is_main and (batch_index + 1) % progress_every == 0 and batch_index + 1 < steps_per_epoch:
             log.info("%s seed %d | epoch %d/%d | batch %d/%d | loss %.4f", cfg["experiment"], seed, epoch + 1,
                      epochs, batch_index + 1, steps_per_epoch, running.item() / max(seen, 1))
+    bar.close()
     _stop_if_non_finite(trainer, int(first_bad), epoch, first_step)
     if feedback:
         sampler.end_epoch()  # every rank: the epoch's losses become the memory the next epoch draws from

@@ -44,6 +44,7 @@ from torchmetrics.functional.classification import multiclass_auroc
 from pipeline.errors import DataError
 from pipeline import rundir
 from pipeline.atomic import write_text
+from pipeline.evaluation.collapse import prediction_collapse
 from pipeline.evaluation.stats import bootstrap_estimates, proportion
 
 __all__ = [
@@ -396,6 +397,7 @@ def compute_classification_metrics(
             "thresholds chosen on the validation split, applied to the test split" if val_predictions is not None
             else "read off the test ROC curve (no validation predictions): optimistic"),
         "confusion_matrix": _confusion_block(classes, counts),
+        "collapse": prediction_collapse(classes, support, counts.sum(axis=0)),
         "subgroups": subgroups,
         "calibration": calibration_bins(
             data.probs[np.arange(len(data.y_pred)), data.y_pred], data.y_pred == data.y_true

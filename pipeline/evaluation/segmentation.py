@@ -43,6 +43,8 @@ from sklearn.metrics import confusion_matrix, f1_score, mean_absolute_error
 
 from pipeline.data.instances import HAYASHI_THRESHOLDS, check_instances, components_per_type
 from pipeline.errors import DataError
+from pipeline.evaluation.collapse import prediction_collapse
+from pipeline.progress import progress
 from pipeline.evaluation.classification import per_class_row, resolve_class_names
 from pipeline import rundir
 from pipeline.atomic import write_text
@@ -285,7 +287,7 @@ def compute_segmentation_metrics(
     per_image_rows, lesion_rows, dice_rows, iou_rows = [], [], [], []
     seen: set[str] = set()
     split = dict(split_touching=split_touching, min_peak_distance=min_peak_distance, min_neck_depth=min_neck_depth)
-    for sample in samples:
+    for sample in progress(samples, "evaluating", unit="image"):
         image_id, true_map, pred_map = sample[:3]
         true_instances = sample[3] if len(sample) > 3 else None
         image_id = str(image_id)
@@ -421,6 +423,8 @@ def _metrics(classes: list[str], names: dict[str, str], dice: np.ndarray, iou: n
         "lesion_count_error": {**_count_error(per_image["n_true"], per_image["n_pred"]),
                                "spearman": spearman(per_image["n_true"], per_image["n_pred"])},
         "per_class": per_class,
+        "collapse": prediction_collapse(classes, [per_class[c]["support"] for c in classes],
+                                        [per_class[c]["predicted"] for c in classes], unit="lesion"),
         "confusion_matrix": {"labels": classes, "row_labels": [*classes, FALSE_LESION],
                              "col_labels": [*classes, MISSED], "counts": counts.tolist(),
                              "rows": "true lesion type", "columns": "predicted lesion type"},

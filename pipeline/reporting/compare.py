@@ -40,6 +40,7 @@ from pipeline import rundir
 from pipeline.atomic import write_text
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation import paired
+from pipeline.evaluation.collapse import collapse_text
 from pipeline.reporting import captions, figures
 from pipeline.reporting.html import render, scalar
 
@@ -158,6 +159,16 @@ def steps_note(experiment: Experiment, baseline: Experiment) -> str:
     return (f"{experiment.name} took {_steps_text(ours)} optimizer steps, {baseline.name} {_steps_text(theirs)}: "
             "a difference in the figures may come from training length, not from the method "
             "(same epochs, batch size and sampler epoch_size: nominal give equal steps).")
+
+
+def collapse_note(experiment: Experiment) -> str:
+    """Which seeds of ``experiment`` gave up on a class (evaluation.collapse), and how; "" if none."""
+    notes = []
+    for seed in experiment.seeds:
+        text = collapse_text(experiment.runs[seed].metrics.get("collapse"), experiment.class_names)
+        if text:
+            notes.append(f"seed {seed}: {text[len('This model '):]}")
+    return "; ".join(notes)
 
 
 def _steps_text(steps: Sequence[int]) -> str:
@@ -365,7 +376,8 @@ def _task_section(task: str, experiments: Mapping[str, Experiment], baseline: tu
             cells[key] = {**summary, "text": main, "detail": detail, "best": False}
         row = {"experiment": experiment.name, "seeds": experiment.seeds, "is_baseline": experiment.name == base_name,
                "cells": cells, "steps": experiment.steps, "steps_text": _steps_text(experiment.steps),
-               "steps_note": steps_note(experiment, experiments[base_name])}
+               "steps_note": steps_note(experiment, experiments[base_name]),
+               "collapse": collapse_note(experiment)}
         if experiment.name != base_name:
             comparison = paired_differences(experiment, experiments[base_name], n_bootstrap, bootstrap_seed)
             comparisons.append({"experiment": experiment.name, "steps_note": row["steps_note"], **comparison})
@@ -407,7 +419,8 @@ def _csv_row(task: str, experiment: Experiment, row: Mapping[str, Any], columns:
                            "is_baseline": experiment.name == baseline,
                            "seeds": " ".join(map(str, experiment.seeds)), "n_seeds": len(experiment.seeds),
                            "steps": " ".join(map(str, experiment.steps)),
-                           "steps_differ_from_baseline": bool(row["steps_note"])}
+                           "steps_differ_from_baseline": bool(row["steps_note"]),
+                           "lazy": row["collapse"]}
     for key, *_ in columns:
         cell = row["cells"][key]
         ci = cell["ci95"] or [math.nan, math.nan]

@@ -28,6 +28,7 @@ from pipeline.atomic import write_bytes, write_text
 from pipeline.data import io
 from pipeline.data.manifest import SPLITS, read_manifest, resolve
 from pipeline.errors import DataError
+from pipeline.evaluation.collapse import collapse_text
 from pipeline.reporting import captions, figures
 from pipeline.saliency import SALIENCY_DIR, boundary_cases
 
@@ -710,6 +711,7 @@ def write_experiment_report(
         context["data"], manifest = data_section(config, task, labels, sink, lesion_counts, metrics.get("label_origin"))
         context["segmentation"] = segmentation_sections(metrics, predictions, run_dir, manifest, config, labels, sink)
         context["classification"] = None
+    context["collapse_warning"] = collapse_text(metrics.get("collapse"), dict(labels))
     context["training"] = training_section(run_dir, labels, sink)
     context["provenance"] = provenance(run_dir, config)
     html = render("experiment.html", **context)

@@ -21,6 +21,7 @@ from pipeline.data.transforms import classification_transform
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.losses import loss_head, loss_parameters
 from pipeline.models import HEADS, build_classifier
+from pipeline.progress import progress
 from pipeline.tta import average_logits
 from pipeline.rundir import classification_predictions
 from pipeline.sampling import build_sampler
@@ -177,7 +178,7 @@ class ClassificationTask:
         loader = DataLoader(dataset, batch_size=self.cfg["predict"]["batch_size"], shuffle=False, num_workers=num_workers)
         model.eval()
         out = []
-        for images, _ in loader:
+        for images, _ in progress(loader, f"predicting {len(frame)} images", unit="batch"):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 # predict.tta: logits averaged over flips / rotations of the image (pipeline.tta)
                 logits = average_logits(model, images.to(device, non_blocking=True), self.cfg["predict"].get("tta", "none"))

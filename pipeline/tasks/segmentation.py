@@ -21,6 +21,7 @@ from pipeline.data.manifest import resolve
 from pipeline.errors import ConfigError
 from pipeline.losses import loss_head
 from pipeline.models import build_segmenter
+from pipeline.progress import progress
 from pipeline.rundir import MASK_DIR
 from pipeline.tta import average_maps
 from pipeline.tasks import TASKS
@@ -162,7 +163,8 @@ class SegmentationTask:
             instance_path = resolve(instance_path, self.mask_root) if isinstance(instance_path, str) and instance_path else None
             references.append(read_reference(resolve(row.mask_path, self.mask_root), instance_path))
         # float16 keeps a validation set of 640-px photos in a few hundred MB
-        probs = [self.probabilities(model, image, device, amp_dtype).astype(np.float16) for image in data.images]
+        probs = [self.probabilities(model, image, device, amp_dtype).astype(np.float16)
+                 for image in progress(data.images, "validation photos for tuning", total=len(val_frame), unit="image")]
         table = []
         for threshold in thresholds:
             counts = np.zeros((len(areas), 3), dtype=np.int64)  # matched, true, predicted lesions per area
@@ -197,7 +199,8 @@ class SegmentationTask:
     def label_maps(self, model, frame, device, amp_dtype=None):
         model.eval()
         data = self.images(frame)
-        for image_id, image, truth in zip(frame["image_id"], data.images, data.masks):
+        for image_id, image, truth in progress(zip(frame["image_id"], data.images, data.masks),
+                                               "sliding-window inference", total=len(frame), unit="image"):
             yield image_id, truth, self.label_map(model, image, device, amp_dtype)
 
     def validation_score(self, model, frame, device, num_workers=0, amp_dtype=None) -> float:
