@@ -9,6 +9,7 @@
     pipeline compare  --config C
     pipeline infer    --run results/E/seedK --images DIR_OR_CSV --out DIR [--skip-bad] [--tta flips|dihedral] [--explain]
     pipeline export   --run results/E/seedK --out DIR [--format torchscript onnx exported_program]
+    pipeline bench    --config C --experiment E [--steps N] [--workers W] [--losses] [--out bench.json]
     pipeline list     losses|models|segmenters|adapters|samplers|optimizers|schedulers|tasks
     pipeline list     experiments --config C            every experiment, grid cells expanded
 A run can also be named by its resolved config file (`--run-config results/E/seedK/run.yaml`).
@@ -150,6 +151,16 @@ def cmd_export(args) -> None:
     log.info("wrote %s", path)
 
 
+def cmd_bench(args) -> None:
+    from pipeline.bench import bench, summary_lines, write_result
+
+    result = bench(_run_config(args), steps=args.steps, warmup=args.warmup, workers=args.workers,
+                   losses=args.losses, threads=args.threads)
+    print("\n".join(summary_lines(result)))
+    if args.out:
+        write_result(result, args.out)
+
+
 def cmd_report(args) -> None:
     from pipeline.reporting.html import write_experiment_report
 
@@ -280,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=["val", "test"])
     run_command("evaluate", cmd_evaluate, "metrics.json, confusion matrix and per-class tables")
     run_command("report", cmd_report, "the clinician-facing HTML report of one run")
+    p = run_command("bench", cmd_bench, "throughput of the real training path against the model alone; loss costs")
+    p.add_argument("--steps", type=int, default=40, help="timed optimizer steps of each measurement")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the run's train.num_workers)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (and num_workers: auto)")
+    p.add_argument("--losses", action="store_true", help="also time every loss against CE (classification 256x7, "
+                                                         "segmentation 8x7x256x256)")
+    p.add_argument("--out", help="write the figures as JSON here")
     p = sub.add_parser("compare", help="comparison table and report across experiments")
     p.add_argument("--config", help="workflow config YAML (all its experiments and seeds)")
     p.add_argument("--runs", nargs="+", help="run folders results/<experiment>/seed<k> (instead of --config)")

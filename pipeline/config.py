@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "sampler": {"name": "none"},
         "train": {
             "epochs": 10, "batch_size": 32, "image_size": 64, "crop_pct": 1.0, "augment": True, "amp": "auto",
+            "decode_cache": "data/cache",  # decode each image once (pipeline/data/cache.py); null: per item
             "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
@@ -325,3 +327,29 @@ def _module_name(path: Path, package_root: Path) -> str:
 
 def write_yaml_atomic(data: dict, path: str | Path) -> Path:
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def training_cost(run: dict) -> float:
+    """A rough size of a run's training, in input pixels seen: epochs x training images x samples
+    per image x pixels per sample (the split manifest's training rows when it exists; 1000 before
+    the split is written). Only for ordering jobs (``training_priority``), not a prediction of time."""
+    import csv
+
+    train = run["train"]
+    if run["model"].get("kind") == "sklearn":
+        return 0.0  # a linear model on small images: seconds
+    path = Path(run["dataset"]["manifest"])
+    n_train = 1000
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            n_train = sum(1 for row in csv.DictReader(handle) if row.get("split") == "train") or n_train
+    if run["task"] == "segmentation":
+        return float(train["epochs"] * n_train * train.get("patches_per_image", 1) * train["patch_size"] ** 2)
+    return float(train["epochs"] * n_train * train["image_size"] ** 2)
+
+
+def training_priority(run: dict) -> int:
+    """Snakemake ``priority`` of a training job: larger for longer runs (log2 of ``training_cost``),
+    so that with more runs than cores the longest start first and the critical path is not left
+    to the end."""
+    return max(int(math.log2(max(training_cost(run), 1.0))), 0)

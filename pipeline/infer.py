@@ -113,6 +113,8 @@ def infer(run: str | Path, images: str | Path, out: str | Path, *, skip_bad: boo
 
     run_dir, out = Path(run), Path(out)
     cfg = trained_run_config(run_dir)
+    # new images are read once: no decode cache of them next to wherever the command runs
+    cfg["train"] = dict(cfg["train"], decode_cache=None)
     if tta is not None:  # test-time augmentation for these images only (the run's own predict.tta otherwise)
         views(tta)
         cfg["predict"] = dict(cfg["predict"], tta=tta)

@@ -113,7 +113,9 @@ def read_yaml_mapping(path: str | os.PathLike[str]) -> dict:
     return data
 
 
-LOGGING_KEYS = ("tensorboard",)  # train settings that only say where training is logged
+# train settings that do not change what is trained: where it is logged, and the decode cache
+# (bit-identical to decoding per item, tests/data/test_cache.py)
+NOT_TRAINING_KEYS = ("tensorboard", "decode_cache")
 
 
 def fingerprint(cfg: Mapping[str, Any], *, with_code: bool = True) -> str:
@@ -122,8 +124,7 @@ def fingerprint(cfg: Mapping[str, Any], *, with_code: bool = True) -> str:
     keys = ("experiment", "seed", "task", "dataset", "model", "loss", "sampler", "train")
     keys += ("code_version",) if with_code else ()
     same = {k: cfg[k] for k in keys}
-    # where training is also logged to does not change what is trained
-    same["train"] = {k: v for k, v in cfg["train"].items() if k not in LOGGING_KEYS}
+    same["train"] = {k: v for k, v in cfg["train"].items() if k not in NOT_TRAINING_KEYS}
     blob = json.dumps(same, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -27,6 +27,8 @@ rule train:
     benchmark:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/benchmarks/train.tsv"
     threads: 1
+    # the longest runs first (pipeline.config.training_priority), so they are not left to the end
+    priority: lambda w: pipeline_config.training_priority(resolved_run(w))
     resources:
         gpu=0,  # a GPU profile sets train:gpu=1 (profiles/slurm)
         mem_mb=4000,

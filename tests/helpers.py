@@ -42,7 +42,8 @@ def tiny_classification_run(tmp_path: Path, **train_overrides) -> dict:
         "datasets": {"tiny": {"task": "classification", "adapter": "folder", "root": str(data), "classes": TINY_CLASSES}},
         "experiments": {"tiny_ce": {"dataset": "tiny", "model": {"name": "test_resnet"},
                                     "train": {"epochs": 2, "batch_size": 8, "image_size": 16,
-                                              "optimizer": {"name": "adamw", "lr": 0.01}, **train_overrides}}},
+                                              "optimizer": {"name": "adamw", "lr": 0.01},
+                                              "decode_cache": str(tmp_path / "cache"), **train_overrides}}},
     })
     run = cfgmod.resolve_experiment(config, "tiny_ce", 0)
     assert run["dataset"]["manifest"] == str(manifest)

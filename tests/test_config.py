@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,16 @@ def test_the_dynamical_study_config_expands_and_shares_the_default_data():
     assert study["baselines"]["classification"] in study["experiments"]
     dynamical = [e for e in study["experiments"].values() if e["loss"]["name"] == "dynamical"]
     assert len(dynamical) == 19 and all(cfgmod.resolve_experiment(study, name, 0) for name in study["experiments"])
+
+
+def test_training_priority_orders_runs_by_their_size(tmp_path):
+    config = cfgmod.load_config(ROOT / "configs" / "config.yaml")
+    short = cfgmod.resolve_experiment(config, "cls_ce", 0)
+    longer = copy.deepcopy(short)
+    longer["train"]["epochs"] *= 4
+    assert cfgmod.training_priority(longer) == cfgmod.training_priority(short) + 2  # log2 of the pixels seen
+    assert cfgmod.training_priority(cfgmod.resolve_experiment(config, "cls_logreg", 0)) == 0
+    manifest = tmp_path / "split.csv"  # with the split written, its training rows count
+    manifest.write_text("image_id,split\n" + "".join(f"i{k},train\n" for k in range(4000)))
+    short["dataset"]["manifest"] = str(manifest)
+    assert cfgmod.training_cost(short) == 10 * 4000 * 64 * 64

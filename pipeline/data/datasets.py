@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.data.cache import DecodedImages
 from pipeline.data.io import read_label_map, read_rgb
 from pipeline.data.manifest import resolve
 from pipeline.data.transforms import normalise_image, segmentation_augment
@@ -44,7 +45,9 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
     and restore them afterwards, so the caller's random stream is untouched."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed also queues a lazy CUDA seeding that records the
+        # call stack, a millisecond an item (docs/BENCHMARKS.md §7); CPU transforms draw from this one
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)
         try:
@@ -62,9 +65,13 @@ class ClassificationDataset(Dataset):
     run as in an uninterrupted one. Without one (evaluation), transforms draw as they are.
     """
 
-    def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str], transform, seed: int | None = None) -> None:
+    def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str], transform, seed: int | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         self.frame = frame.reset_index(drop=True)
         self.root = Path(root)
+        self.paths = [resolve(p, self.root) for p in self.frame["image_path"]]
+        # decoded once into a memory-mapped file (pipeline.data.cache), or decoded per item
+        self.decoded = DecodedImages(self.paths, cache_dir) if cache_dir else None
         self.transform = transform
         self.seed = seed
         self.epoch = EpochCounter()
@@ -78,7 +85,7 @@ class ClassificationDataset(Dataset):
         return len(self.frame)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = read_rgb(resolve(self.frame.at[i, "image_path"], self.root))
+        image = self.decoded[i] if self.decoded is not None else read_rgb(self.paths[i])
         if self.seed is None:
             return self.transform(image), self.targets[i]
         with seeded_global_rngs(item_seed(self.seed, self.epoch.get(), i)):

@@ -144,6 +144,11 @@ class ClassificationTask:
     def build_model(self) -> torch.nn.Module:
         return build_classifier(self.cfg["model"], self.num_outputs, head=self.head)
 
+    @property
+    def _cache_dir(self) -> str | None:
+        """train.decode_cache: the folder of the decode-once cache (pipeline.data.cache), or None."""
+        return self.cfg["train"].get("decode_cache") or None
+
     def _normalisation(self, model: torch.nn.Module) -> dict:
         import timm.data
 
@@ -157,7 +162,7 @@ class ClassificationTask:
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=True, augment=train["augment"],
                                              crop_pct=train["crop_pct"], **self._normalisation(model))
-        return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed)
+        return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed, cache_dir=self._cache_dir)
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):
         return build_sampler(self.cfg["sampler"], dataset.targets, self.classes, seed,
@@ -167,7 +172,7 @@ class ClassificationTask:
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=False, crop_pct=train["crop_pct"],
                                              **self._normalisation(model))
-        return ClassificationDataset(frame, self.root, self.classes, transform)
+        return ClassificationDataset(frame, self.root, self.classes, transform, cache_dir=self._cache_dir)
 
     @torch.no_grad()
     def logits(self, model: torch.nn.Module, frame: pd.DataFrame, device: torch.device,

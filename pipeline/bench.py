@@ -1,0 +1,197 @@
+"""``pipeline bench``: is the model the limit, or the data path, the loss or the bookkeeping?
+
+    pipeline bench --config configs/config.yaml --experiment cls_ce [--steps 40] [--workers N]
+                   [--losses] [--out bench.json]
+
+Measured in one process, side by side, so that ratios hold on a busy machine:
+
+(a) **pipeline**: optimizer steps of the run's real training path: its manifest and split, its
+    dataset (decode cache, augmentation), sampler, DataLoader (``--workers``), model, loss and
+    optimizer, timed from the first batch request to the step's end; the time spent waiting for
+    each batch is timed apart.
+(b) **model limit**: the same model, loss and optimizer on random tensors of the batch's shape
+    already on the device: what the model alone allows.
+    Their ratio (a)/(b) in images per second is the share of the model's speed the pipeline keeps.
+(c) ``--losses``: forward+backward time of every registered loss against plain cross-entropy at
+    the same shapes: classification 256 x 7 logits, segmentation 8 x 7 x 256 x 256.
+
+Each timing is the median over its steps after ``--warmup`` untimed ones (CUDA: synchronised).
+Nothing is written under the run's results folder: training state goes to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("pipeline.bench")
+LOSS_SHAPES = {"classification": (256, 7), "segmentation": (8, 7, 256, 256)}
+# ISIC 2018 training counts (MEL NV BCC AKIEC BKL DF VASC), for losses that weight by class frequency
+ISIC_COUNTS = [1113, 6705, 514, 327, 1099, 115, 142]
+# parameters a loss requires (no default), at the values of the default config
+REQUIRED_PARAMS = {"dynamical": {"amplitude": 5.0, "cycles": 1}}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(trainer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One optimizer step as the trainer takes it (autocast, scaler, clip), without bookkeeping."""
+    with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+        logits = trainer.net(inputs)
+    loss = trainer.criterion(logits.float(), targets)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    return loss
+
+
+def _batches(loader):
+    """Batches forever, epoch after epoch (the sampler's epoch advanced as the trainer does)."""
+    epoch = 0
+    while True:
+        for holder in (loader.sampler, loader.dataset):
+            if hasattr(holder, "set_epoch"):
+                holder.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def pipeline_throughput(trainer, steps: int, warmup: int) -> dict[str, Any]:
+    """(a): real batches through the real step; per step, the wait for data and the whole step."""
+    device, waits, totals, batch_size = trainer.device, [], [], 0
+    trainer.net.train()
+    batches = _batches(trainer.loader)
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        inputs, targets = next(batches)
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        _sync(device)
+        got = time.perf_counter()
+        _step(trainer, inputs, targets)
+        _sync(device)
+        if i >= warmup:
+            waits.append(got - started)
+            totals.append(time.perf_counter() - started)
+            batch_size = len(targets)
+    step = statistics.median(totals)
+    return {"images_per_second": batch_size / step, "step_ms": 1e3 * step, "data_wait_ms": 1e3 * statistics.median(waits),
+            "data_wait_share": sum(waits) / sum(totals), "batch_size": batch_size, "input_shape": list(inputs.shape),
+            "target_shape": list(targets.shape)}
+
+
+def model_limit(trainer, input_shape: list[int], target_shape: list[int], steps: int, warmup: int) -> dict[str, Any]:
+    """(b): the same model, loss and optimizer on random tensors already on the device."""
+    device = trainer.device
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(input_shape, generator=generator).to(device)
+    high = int(trainer.task.num_outputs)
+    targets = torch.randint(0, high, tuple(target_shape), generator=generator).to(device)
+    trainer.net.train()
+    totals = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        _step(trainer, inputs, targets)
+        _sync(device)
+        if i >= warmup:
+            totals.append(time.perf_counter() - started)
+    step = statistics.median(totals)
+    return {"images_per_second": input_shape[0] / step, "step_ms": 1e3 * step}
+
+
+def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """(c): forward+backward of every registered loss, relative to CE at the same shapes."""
+    from pipeline.errors import ConfigError
+    from pipeline.losses import available_losses, build_loss
+
+    out: dict[str, Any] = {}
+    for task, shape in LOSS_SHAPES.items():
+        generator = torch.Generator().manual_seed(0)
+        logits = torch.randn(shape, generator=generator).to(device)
+        targets = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator).to(device)
+        rows = {}
+        for name in available_losses(None if task == "segmentation" else "classification"):
+            try:
+                loss = build_loss(name, num_classes=shape[1], class_counts=ISIC_COUNTS,
+                                  **REQUIRED_PARAMS.get(name, {})).to(device)
+                if hasattr(loss, "set_step"):
+                    loss.set_step(0, 1000, steps_per_epoch=100)
+                times = []
+                for i in range(warmup + repeats):
+                    x = logits.detach().requires_grad_(True)
+                    _sync(device)
+                    started = time.perf_counter()
+                    loss(x, targets).backward()
+                    _sync(device)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - started)
+                rows[name] = {"ms": 1e3 * statistics.median(times)}
+            except (ConfigError, ValueError, RuntimeError) as err:  # a loss that does not take this task's shapes
+                rows[name] = {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+        reference = rows.get("ce", {}).get("ms")
+        for row in rows.values():
+            if "ms" in row and reference:
+                row["vs_ce"] = row["ms"] / reference
+        out[task] = {"shape": list(shape), "losses": rows}
+    return out
+
+
+def bench(cfg: dict, *, steps: int = 40, warmup: int = 5, workers: int | None = None,
+          losses: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """(a), (b) and optionally (c) for one resolved run config (see the module docstring)."""
+    from pipeline.training import setup
+
+    cfg = copy.deepcopy(cfg)
+    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
+        cfg["run_dir"] = str(Path(tmp) / "run")
+        if workers is not None:
+            cfg["train"]["num_workers"] = workers
+        trainer = setup(cfg, threads=threads)
+        if hasattr(trainer.criterion, "set_step"):
+            trainer.criterion.set_step(0, trainer.steps_per_epoch * trainer.epochs, steps_per_epoch=trainer.steps_per_epoch)
+        real = pipeline_throughput(trainer, steps, warmup)
+        limit = model_limit(trainer, real["input_shape"], real["target_shape"], steps, warmup)
+    result = {
+        "experiment": cfg["experiment"], "task": cfg["task"], "model": cfg["model"], "loss": cfg["loss"]["name"],
+        "sampler": cfg["sampler"]["name"], "device": str(trainer.device), "num_workers": trainer.num_workers,
+        "torch_threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
+        "pipeline": real, "model_limit": limit,
+        "ratio_pipeline_to_limit": real["images_per_second"] / limit["images_per_second"],
+    }
+    if losses:
+        result["losses"] = loss_timings(trainer.device)
+    return result
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What a person reads: throughput, ratio, data wait; loss times against CE."""
+    real, limit = result["pipeline"], result["model_limit"]
+    lines = [f"{result['experiment']} on {result['device']} ({result['num_workers']} loader workers, "
+             f"{result['torch_threads']} threads), batch {real['batch_size']}, input {real['input_shape']}",
+             f"(a) pipeline:     {real['images_per_second']:8.1f} images/s  step {real['step_ms']:.1f} ms, "
+             f"waiting for data {real['data_wait_ms']:.1f} ms ({real['data_wait_share']:.0%})",
+             f"(b) model limit:  {limit['images_per_second']:8.1f} images/s  step {limit['step_ms']:.1f} ms",
+             f"    ratio (a)/(b): {result['ratio_pipeline_to_limit']:.2f}"]
+    for task, block in result.get("losses", {}).items():
+        lines.append(f"(c) {task} losses, forward+backward at {block['shape']} (x CE):")
+        for name, row in block["losses"].items():
+            lines.append(f"    {name:18s} " + (f"{row['ms']:8.2f} ms  {row.get('vs_ce', float('nan')):5.2f}x"
+                                              if "ms" in row else f"skipped ({row['skipped']})"))
+    return lines
+
+
+def write_result(result: dict[str, Any], path: str | Path) -> Path:
+    from pipeline.atomic import write_text
+
+    return write_text(path, json.dumps(result, indent=2))
