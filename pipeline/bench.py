@@ -111,7 +111,9 @@ def model_limit(trainer, input_shape: list[int], target_shape: list[int], steps:
 
 
 def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """(c): forward+backward of every registered loss, relative to CE at the same shapes."""
+    """(c): forward+backward of every registered loss, relative to CE at the same shapes. The losses
+    are timed round-robin (one step of each, then the next round), so that a busy machine slows
+    them alike and the ratios hold."""
     from pipeline.errors import ConfigError
     from pipeline.losses import available_losses, build_loss
 
@@ -120,25 +122,29 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
         generator = torch.Generator().manual_seed(0)
         logits = torch.randn(shape, generator=generator).to(device)
         targets = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator).to(device)
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}
+        losses = {}
         for name in available_losses(None if task == "segmentation" else "classification"):
             try:
                 loss = build_loss(name, num_classes=shape[1], class_counts=ISIC_COUNTS,
                                   **REQUIRED_PARAMS.get(name, {})).to(device)
                 if hasattr(loss, "set_step"):
                     loss.set_step(0, 1000, steps_per_epoch=100)
-                times = []
-                for i in range(warmup + repeats):
-                    x = logits.detach().requires_grad_(True)
-                    _sync(device)
-                    started = time.perf_counter()
-                    loss(x, targets).backward()
-                    _sync(device)
-                    if i >= warmup:
-                        times.append(time.perf_counter() - started)
-                rows[name] = {"ms": 1e3 * statistics.median(times)}
+                loss(logits.detach().requires_grad_(True), targets).backward()  # refuses wrong shapes here
+                losses[name], rows[name] = loss, {"times": []}
             except (ConfigError, ValueError, RuntimeError) as err:  # a loss that does not take this task's shapes
                 rows[name] = {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+        for i in range(warmup + repeats):
+            for name, loss in losses.items():
+                x = logits.detach().requires_grad_(True)
+                _sync(device)
+                started = time.perf_counter()
+                loss(x, targets).backward()
+                _sync(device)
+                if i >= warmup:
+                    rows[name]["times"].append(time.perf_counter() - started)
+        for name in losses:
+            rows[name] = {"ms": 1e3 * statistics.median(rows[name].pop("times"))}
         reference = rows.get("ce", {}).get("ms")
         for row in rows.values():
             if "ms" in row and reference:
@@ -164,7 +170,7 @@ def bench(cfg: dict, *, steps: int = 40, warmup: int = 5, workers: int | None = 
         limit = model_limit(trainer, real["input_shape"], real["target_shape"], steps, warmup)
     result = {
         "experiment": cfg["experiment"], "task": cfg["task"], "model": cfg["model"], "loss": cfg["loss"]["name"],
-        "sampler": cfg["sampler"]["name"], "device": str(trainer.device), "num_workers": trainer.num_workers,
+        "sampler": cfg["sampler"]["name"], "decode_cache": cfg["train"].get("decode_cache"), "device": str(trainer.device), "num_workers": trainer.num_workers,
         "torch_threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
         "pipeline": real, "model_limit": limit,
         "ratio_pipeline_to_limit": real["images_per_second"] / limit["images_per_second"],

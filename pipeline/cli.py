@@ -154,7 +154,10 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     from pipeline.bench import bench, summary_lines, write_result
 
-    result = bench(_run_config(args), steps=args.steps, warmup=args.warmup, workers=args.workers,
+    run = _run_config(args)
+    if args.no_decode_cache:
+        run["train"]["decode_cache"] = None
+    result = bench(run, steps=args.steps, warmup=args.warmup, workers=args.workers,
                    losses=args.losses, threads=args.threads)
     print("\n".join(summary_lines(result)))
     if args.out:
@@ -298,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (and num_workers: auto)")
     p.add_argument("--losses", action="store_true", help="also time every loss against CE (classification 256x7, "
                                                          "segmentation 8x7x256x256)")
+    p.add_argument("--no-decode-cache", action="store_true", help="decode every image each time (what the cache saves)")
     p.add_argument("--out", help="write the figures as JSON here")
     p = sub.add_parser("compare", help="comparison table and report across experiments")
     p.add_argument("--config", help="workflow config YAML (all its experiments and seeds)")
