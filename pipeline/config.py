@@ -353,3 +353,20 @@ def training_priority(run: dict) -> int:
     so that with more runs than cores the longest start first and the critical path is not left
     to the end."""
     return max(int(math.log2(max(training_cost(run), 1.0))), 0)
+
+
+def training_launcher(gpus: Any) -> str:
+    """The command prefix that starts a training job on ``gpus`` devices: nothing for one (or none),
+    ``torchrun --standalone --nproc-per-node=N --no-python `` for N > 1 (one process per device,
+    pipeline.training's DistributedDataParallel; on a machine without CUDA the processes train on
+    the CPU with the gloo backend). ``gpus`` comes from Snakemake's ``gpu`` resource and must be a
+    whole number: nothing else reaches the shell."""
+    try:
+        count = int(gpus)
+    except (TypeError, ValueError):
+        raise ConfigError(f"resource gpu must be a whole number of GPUs, got {gpus!r}") from None
+    if count != gpus and not (isinstance(gpus, str) and gpus.strip().isdigit()):
+        raise ConfigError(f"resource gpu must be a whole number of GPUs, got {gpus!r}")
+    if count < 0:
+        raise ConfigError(f"resource gpu must be 0 or more, got {count}")
+    return f"torchrun --standalone --nproc-per-node={count} --no-python " if count > 1 else ""

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.atomic import atomic_path
@@ -151,16 +151,21 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     criterion = build_loss(loss_spec.pop("name"), num_classes=task.num_outputs, class_counts=counts, **loss_spec).to(device)
     dataset = task.train_dataset(train_frame, model, seed)
     sampler = task.train_sampler(dataset, seed, world_size, rank)
+    shuffle_generator = torch.Generator()
     if sampler is None and world_size > 1:  # plain shuffling, sharded across torchrun ranks
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    elif sampler is None:
+        # plain shuffling from a generator of its own, seeded each epoch (run_epoch). The loader gets
+        # another one: a DataLoader draws its workers' base seed from its generator when it creates
+        # an iterator, which persistent workers do once and a resumed run again, so a shared
+        # generator gave a resumed run other epoch orders than an uninterrupted one.
+        sampler = RandomSampler(dataset, generator=shuffle_generator)
     tcfg = cfg["train"]
     num_workers = max((threads or 1) - 1, 0) if tcfg["num_workers"] == "auto" else tcfg["num_workers"]
     batch_size = tcfg["batch_size"]
-    shuffle_generator = torch.Generator()
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=sampler is None,
-                        num_workers=num_workers, drop_last=len(dataset) > batch_size,
-                        generator=shuffle_generator, persistent_workers=num_workers > 0,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        drop_last=len(dataset) > batch_size, generator=torch.Generator().manual_seed(seed),
+                        persistent_workers=num_workers > 0, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader) if tcfg["max_train_batches"] is None else min(len(loader), tcfg["max_train_batches"])
     optimizer = build_optimizer(tcfg["optimizer"], model.parameters())
     scheduler = build_scheduler(tcfg["scheduler"], optimizer, steps_per_epoch, tcfg["epochs"])
@@ -209,6 +214,9 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
     # resumed run match an uninterrupted one whatever the number of workers.
     seed_everything(seed * 10_007 + epoch)
     trainer.shuffle_generator.manual_seed(seed * 10_007 + epoch)
+    # one 64-bit draw before the permutation, as when the loader drew its base seed from this
+    # generator at every epoch: the epoch orders (and results) of earlier versions are kept
+    torch.empty((), dtype=torch.int64).random_(generator=trainer.shuffle_generator)
     if hasattr(trainer.loader.sampler, "set_epoch"):
         trainer.loader.sampler.set_epoch(epoch)
     if hasattr(trainer.dataset, "set_epoch"):

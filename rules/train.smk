@@ -33,8 +33,11 @@ rule train:
         gpu=0,  # a GPU profile sets train:gpu=1 (profiles/slurm)
         mem_mb=4000,
         runtime=120,
+    params:
+        # gpu > 1: one process per GPU under torchrun (data parallel; only rank 0 writes)
+        launcher=lambda wildcards, resources: pipeline_config.training_launcher(resources.gpu),
     shell:
-        "pipeline train --run-config {input.run:q} --threads {threads} > {log:q} 2>&1"
+        "{params.launcher}pipeline train --run-config {input.run:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule predict:

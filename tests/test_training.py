@@ -54,9 +54,10 @@ def test_oversampling_takes_the_optimizer_steps_of_plain_shuffling(tmp_path):
 @pytest.mark.parametrize("sampler, workers", [(None, 0), (OVERSAMPLE, 0), (HARD, 0), (None, 2)],
                          ids=["shuffle", "oversample", "hard_examples", "shuffle_2_workers"])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler, workers):
-    # with workers, the reference runs in one process: augmentation must not depend on the worker count
-    reference = training.train(run_with(tmp_path / "a", sampler), threads=1)
-    run = run_with(tmp_path / "b", sampler, num_workers=workers)
+    # with workers, the reference runs in one process: augmentation must not depend on the worker count.
+    # Three epochs: persistent workers keep one loader iterator from the second epoch on
+    reference = training.train(run_with(tmp_path / "a", sampler, epochs=3), threads=1)
+    run = run_with(tmp_path / "b", sampler, num_workers=workers, epochs=3)
 
     calls = {"n": 0}
     original = ClassificationTask.validation_score

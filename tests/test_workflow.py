@@ -190,3 +190,82 @@ def test_a_grid_expands_into_jobs_and_its_baseline_cell_reaches_the_comparison(t
         for seed in (0, 1):
             assert f"results/{cell}/seed{seed}/run.yaml" in output, cell
     assert "classification=lab_ce_none" in output  # the compare rule's baseline
+
+
+def _single_experiment_config(**train) -> dict:
+    config = tiny_config()
+    config["experiments"] = {"cls_ce": config["experiments"]["cls_ce"]}
+    config["datasets"] = {"isic_tiny": config["datasets"]["isic_tiny"]}
+    config["defaults"]["classification"]["train"] = {**config["defaults"]["classification"]["train"], **train}
+    return config
+
+
+@pytest.mark.slow
+def test_a_training_job_given_two_gpus_runs_two_data_parallel_processes(tmp_path):
+    # on this CPU machine torchrun's two processes train with the gloo backend; on a GPU node, one per GPU
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_single_experiment_config(), sort_keys=False))
+    result = snakemake(tmp_path, "results/cls_ce/seed0/training_summary.json", "--set-resources", "train:gpu=2")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    assert "torchrun --standalone --nproc-per-node=2" in result.stdout + result.stderr
+    summary = json.loads((tmp_path / "results/cls_ce/seed0/training_summary.json").read_text())
+    assert summary["world_size"] == 2
+    history = pd.read_csv(tmp_path / "results/cls_ce/seed0/history.csv")
+    assert history["epoch"].tolist() == [1]  # one writer: rank 1 did not append its own rows
+
+
+@pytest.mark.slow
+def test_a_training_job_killed_mid_run_resumes_to_the_same_predictions(tmp_path):
+    """SIGKILL the whole workflow (scheduler, training job and its loader workers) during the second
+    epoch, run it again: it resumes from checkpoints/last.pt and predicts exactly what an
+    uninterrupted run predicts (CPU, 2 loader workers)."""
+    import signal
+    import time
+
+    import torch
+
+    config = _single_experiment_config(epochs=4, max_train_batches=None, num_workers=2, batch_size=4)
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    reference = snakemake(tmp_path / "uninterrupted")
+    assert reference.returncode == 0, reference.stdout[-4000:] + reference.stderr[-6000:]
+
+    workdir = tmp_path / "killed"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "config.yaml"), "--cores", "2"]
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    last = workdir / "results/cls_ce/seed0/checkpoints/last.pt"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            if last.is_file():
+                try:
+                    if torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 1:
+                        break
+                except Exception:  # being replaced at this instant
+                    pass
+            assert process.poll() is None, "the workflow ended before it could be interrupted"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # no clean-up of any kind, as a lost node
+        subprocess.run(["pkill", "-9", "-f", str(workdir / "results/cls_ce/seed0/run.yaml")], check=False)
+        process.wait()
+    assert not (workdir / "results/cls_ce/seed0/training_summary.json").exists()  # it was stopped mid-training
+    runs["killed_at_epoch"] = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert runs["killed_at_epoch"] < config["defaults"]["classification"]["train"]["epochs"]
+
+    # what a user does after a lost node: release the lock the killed scheduler held, run again
+    assert snakemake(workdir, "--unlock").returncode == 0
+    again = snakemake(workdir, "--rerun-incomplete")
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-6000:]
+    log = (workdir / "results/cls_ce/seed0/logs/train.log").read_text()
+    assert "resum" in log.lower(), log[-2000:]
+    expected = pd.read_csv(tmp_path / "uninterrupted/results/cls_ce/seed0/predictions.csv")
+    got = pd.read_csv(workdir / "results/cls_ce/seed0/predictions.csv")
+    pd.testing.assert_frame_equal(got, expected)
+    a = json.loads((tmp_path / "uninterrupted/results/cls_ce/seed0/metrics.json").read_text())
+    b = json.loads((workdir / "results/cls_ce/seed0/metrics.json").read_text())
+    assert a["balanced_accuracy"] == b["balanced_accuracy"]

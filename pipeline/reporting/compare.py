@@ -347,6 +347,8 @@ def write_comparison(
 
     tasks = load_runs(run_dirs)
     chosen = resolve_baselines(tasks, baselines, baseline)
+    if figures_dir is not None:  # a declared output even when nothing is compared (one experiment)
+        Path(figures_dir).mkdir(parents=True, exist_ok=True)
     sink = FigureSink(figures_dir)
     sections, csv_rows = [], []
     for task in [t for t in TASK_VIEWS if t in tasks]:
