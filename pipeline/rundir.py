@@ -35,6 +35,7 @@ TRAINING_SUMMARY = "training_summary.json"
 HISTORY = "history.csv"
 LOSS_WEIGHTS = "loss_weights.csv"
 TENSORBOARD = "tensorboard"  # train.tensorboard: event files
+SALIENCY_DIR = "saliency"  # classification: Grad-CAM++ overlays of the report's boundary cases
 PREDICTIONS = "predictions.csv"
 # classification: the same model's predictions on the validation split, where operating thresholds
 # are chosen before they are applied to the test split

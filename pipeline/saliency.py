@@ -9,8 +9,8 @@ that looked at a ruler, a hair or the vignette. A saliency map is a hint, not a 
 what moved the score, not why.
 
 The predict stage writes ``saliency/<image_id>.png`` for the report's two galleries (the most
-confidently wrong test images, and those nearest a tie), selected here by ``boundary_cases``, the
-one selection rule the report also uses. ``predict.saliency: none`` turns it off.
+confidently wrong test images, and those nearest a tie), selected by ``pipeline.evaluation.cases.boundary_cases``,
+the one selection rule the report also uses. ``predict.saliency: none`` turns it off.
 """
 
 from __future__ import annotations
@@ -24,31 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import rundir
+from pipeline.evaluation.cases import boundary_cases
+
 log = logging.getLogger("pipeline.saliency")
-GALLERY_SIZE = 8
-SALIENCY_DIR = "saliency"
 METHODS = ("gradcam_pp", "none")
-
-
-def boundary_cases(predictions: pd.DataFrame, classes: Sequence[str], n: int = GALLERY_SIZE) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """The most confidently wrong images and those nearest a tie between their top two classes.
-
-    Selection only (no metric): confidence is the stored probability of the stored prediction;
-    the margin is the gap between the two largest class probabilities.
-    """
-    probs = predictions[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-    index = {c: i for i, c in enumerate(classes)}
-    table = predictions[["image_id", "label", "pred"]].copy()
-    table["confidence"] = probs[np.arange(len(probs)), predictions["pred"].map(index).to_numpy()]
-    table["p_true"] = probs[np.arange(len(probs)), predictions["label"].map(index).to_numpy()]
-    top_two = np.sort(probs, axis=1)[:, ::-1][:, :2] if probs.shape[1] > 1 else np.column_stack([probs[:, 0], probs[:, 0]])
-    table["margin"] = top_two[:, 0] - top_two[:, 1]
-    wrong = table[table["label"] != table["pred"]]
-    return (
-        wrong.sort_values(["confidence", "image_id"], ascending=[False, True]).head(n),
-        table.sort_values(["margin", "image_id"]).head(n),
-        len(wrong),
-    )
+SALIENCY_DIR = rundir.SALIENCY_DIR
 
 
 MIN_MAP_SIDE = 7  # the Grad-CAM papers' setting: ResNet's last stage on 224-px images is 7 x 7

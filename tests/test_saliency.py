@@ -14,7 +14,8 @@ from pipeline.cli import main
 from pipeline.data.io import read_rgb
 from pipeline.evaluation.run import evaluate_run
 from pipeline.reporting.html import write_experiment_report
-from pipeline.saliency import SALIENCY_DIR, boundary_cases, overlay_heatmap, saliency_maps, target_layer
+from pipeline.evaluation.cases import boundary_cases
+from pipeline.saliency import SALIENCY_DIR, overlay_heatmap, saliency_maps, target_layer
 from tests.helpers import tiny_classification_run
 
 

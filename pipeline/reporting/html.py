@@ -30,7 +30,7 @@ from pipeline.data.manifest import SPLITS, read_manifest, resolve
 from pipeline.errors import DataError
 from pipeline.evaluation.collapse import collapse_text
 from pipeline.reporting import captions, figures
-from pipeline.saliency import SALIENCY_DIR, boundary_cases
+from pipeline.evaluation.cases import boundary_cases
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 THUMBNAIL_PX = 256
@@ -481,7 +481,7 @@ def _galleries(
         ("wrong", wrong, n_wrong, "Most confidently wrong"),
         ("tie", ties, len(predictions), "Nearest to a tie"),
     ):
-        saliency = Path(config["run_dir"]) / SALIENCY_DIR if config.get("run_dir") else None
+        saliency = Path(config["run_dir"]) / rundir.SALIENCY_DIR if config.get("run_dir") else None
         cases, rows = gallery(selected, predictions, manifest, root, labels, missing, saliency)
         n_maps = sum(saliency is not None and (saliency / f"{c.image_id}.png").is_file() for c in cases)
         caption = captions.gallery_caption(kind, len(cases), n_candidates, n_saliency=n_maps)
