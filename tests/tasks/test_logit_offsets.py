@@ -1,9 +1,6 @@
 """Classification task: post-hoc logit offsets fitted on the validation split (predict.logit_offsets)."""
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.special import softmax
