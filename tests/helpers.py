@@ -48,3 +48,16 @@ def tiny_classification_run(tmp_path: Path, **train_overrides) -> dict:
     run = cfgmod.resolve_experiment(config, "tiny_ce", 0)
     assert run["dataset"]["manifest"] == str(manifest)
     return run
+
+
+def evaluated_classification_run(tmp_path: Path, **train_overrides) -> dict:
+    """A tiny classification run taken through train, predict and evaluate (for tests of what
+    reads a finished run: infer, export, saliency)."""
+    from pipeline import predict, training
+    from pipeline.evaluation.run import evaluate_run
+
+    run = tiny_classification_run(tmp_path, **train_overrides)
+    training.train(run, threads=1)
+    predict.predict_run(run)
+    evaluate_run(run)
+    return run

@@ -11,10 +11,9 @@ from pipeline import config as cfgmod
 from pipeline import predict, rundir, training
 from pipeline.cli import main
 from pipeline.data.transforms import normalise_image
-from pipeline.evaluation.run import evaluate_run
 from pipeline.export import ExportError, export
 from pipeline.tasks import get_task
-from tests.helpers import tiny_classification_run
+from tests.helpers import evaluated_classification_run
 
 REPO = Path(__file__).resolve().parents[1]
 onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export checks need onnxruntime (pip install 'pipeline[export]')")
@@ -22,12 +21,7 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export checks need
 
 @pytest.fixture(scope="module")
 def trained_classifier(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export_cls")
-    run = tiny_classification_run(tmp, epochs=1)
-    training.train(run, threads=1)
-    predict.predict_run(run)
-    evaluate_run(run)
-    return run
+    return evaluated_classification_run(tmp_path_factory.mktemp("export_cls"), epochs=1)
 
 
 def test_classifier_exports_reproduce_the_predict_stages_probabilities(trained_classifier, tmp_path):

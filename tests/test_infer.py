@@ -9,28 +9,22 @@ import torch
 from PIL import Image
 
 from pipeline import config as cfgmod
-from pipeline import predict, rundir, training
+from pipeline import rundir, training
 from pipeline.cli import main
 from pipeline.data.instances import grade_from_count
 from pipeline.data.io import read_label_map, read_rgb
 from pipeline.errors import DataError
 from pipeline.evaluation.instances import predicted_instances
-from pipeline.evaluation.run import evaluate_run
 from pipeline.infer import infer
 from pipeline.tasks import get_task
-from tests.helpers import tiny_classification_run
+from tests.helpers import evaluated_classification_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def trained_classifier(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("infer_cls")
-    run = tiny_classification_run(tmp)
-    training.train(run, threads=1)
-    predict.predict_run(run)
-    evaluate_run(run)
-    return run
+    return evaluated_classification_run(tmp_path_factory.mktemp("infer_cls"))
 
 
 def test_infer_gives_the_predict_stages_probabilities_and_validation_calls(trained_classifier, tmp_path):

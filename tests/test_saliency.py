@@ -9,14 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import predict, rundir, training
+from pipeline import rundir, training
 from pipeline.cli import main
 from pipeline.data.io import read_rgb
-from pipeline.evaluation.run import evaluate_run
 from pipeline.reporting.html import write_experiment_report
 from pipeline.evaluation.cases import boundary_cases
 from pipeline.saliency import SALIENCY_DIR, overlay_heatmap, saliency_maps, target_layer
-from tests.helpers import tiny_classification_run
+from tests.helpers import evaluated_classification_run
 
 
 class RedDetector(nn.Module):
@@ -54,11 +53,7 @@ def test_a_model_without_a_feature_stage_gets_no_map():
 
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory):
-    run = tiny_classification_run(tmp_path_factory.mktemp("saliency"), epochs=1)
-    training.train(run, threads=1)
-    predict.predict_run(run)
-    evaluate_run(run)
-    return run
+    return evaluated_classification_run(tmp_path_factory.mktemp("saliency"), epochs=1)
 
 
 def test_the_predict_stage_draws_the_reports_boundary_cases_and_the_report_shows_them(evaluated_run, tmp_path):
