@@ -361,12 +361,8 @@ def training_launcher(gpus: Any) -> str:
     pipeline.training's DistributedDataParallel; on a machine without CUDA the processes train on
     the CPU with the gloo backend). ``gpus`` comes from Snakemake's ``gpu`` resource and must be a
     whole number: nothing else reaches the shell."""
-    try:
-        count = int(gpus)
-    except (TypeError, ValueError):
-        raise ConfigError(f"resource gpu must be a whole number of GPUs, got {gpus!r}") from None
-    if count != gpus and not (isinstance(gpus, str) and gpus.strip().isdigit()):
-        raise ConfigError(f"resource gpu must be a whole number of GPUs, got {gpus!r}")
-    if count < 0:
-        raise ConfigError(f"resource gpu must be 0 or more, got {count}")
+    text = str(gpus).strip()
+    if isinstance(gpus, bool) or not text.isdigit():  # 2 or "2"; not 1.5, -1 or "2; rm -rf /"
+        raise ConfigError(f"resource gpu must be a whole number of GPUs (0 or more), got {gpus!r}")
+    count = int(text)
     return f"torchrun --standalone --nproc-per-node={count} --no-python " if count > 1 else ""

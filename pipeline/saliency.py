@@ -101,7 +101,7 @@ def explain(task, model, frame: pd.DataFrame, class_indices: Sequence[int], out_
 
     if frame.empty:
         return []
-    dataset = task.eval_dataset(frame, model)
+    dataset = task.eval_dataset(frame, model, cache=False)  # a few images, read once
     norm = task._normalisation(model)
     mean = torch.tensor(norm["mean"]).view(3, 1, 1)
     std = torch.tensor(norm["std"]).view(3, 1, 1)

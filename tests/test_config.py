@@ -224,3 +224,11 @@ def test_training_priority_orders_runs_by_their_size(tmp_path):
     manifest.write_text("image_id,split\n" + "".join(f"i{k},train\n" for k in range(4000)))
     short["dataset"]["manifest"] = str(manifest)
     assert cfgmod.training_cost(short) == 10 * 4000 * 64 * 64
+
+
+@pytest.mark.parametrize("bad", ["2; rm -rf /", 1.5, -1, True, None])
+def test_the_training_launcher_takes_a_whole_number_of_gpus_and_nothing_else(bad):
+    assert cfgmod.training_launcher(0) == cfgmod.training_launcher(1) == ""
+    assert cfgmod.training_launcher("3") == "torchrun --standalone --nproc-per-node=3 --no-python "
+    with pytest.raises(ConfigError, match="whole number"):
+        cfgmod.training_launcher(bad)

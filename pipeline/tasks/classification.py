@@ -168,11 +168,14 @@ class ClassificationTask:
         return build_sampler(self.cfg["sampler"], dataset.targets, self.classes, seed,
                              num_replicas=num_replicas, rank=rank, epochs=self.cfg["train"]["epochs"])
 
-    def eval_dataset(self, frame: pd.DataFrame, model: torch.nn.Module) -> ClassificationDataset:
+    def eval_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, cache: bool = True) -> ClassificationDataset:
+        """The evaluation geometry of ``frame``'s images; ``cache=False`` for a one-off handful
+        (a decode cache of every such subset would be written once and never read again)."""
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=False, crop_pct=train["crop_pct"],
                                              **self._normalisation(model))
-        return ClassificationDataset(frame, self.root, self.classes, transform, cache_dir=self._cache_dir)
+        return ClassificationDataset(frame, self.root, self.classes, transform,
+                                     cache_dir=self._cache_dir if cache else None)
 
     @torch.no_grad()
     def logits(self, model: torch.nn.Module, frame: pd.DataFrame, device: torch.device,
