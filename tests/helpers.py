@@ -41,7 +41,9 @@ def tiny_classification_run(tmp_path: Path, **train_overrides) -> dict:
         "manifests_dir": str(tmp_path / "manifests"),
         "datasets": {"tiny": {"task": "classification", "adapter": "folder", "root": str(data), "classes": TINY_CLASSES}},
         "experiments": {"tiny_ce": {"dataset": "tiny", "model": {"name": "test_resnet"},
-                                    "train": {"epochs": 2, "batch_size": 8, "image_size": 16,
+                                    # on the CPU even where a GPU is visible: these tests check exact
+                                    # (bitwise) behaviour; tests/test_cuda.py covers the GPU
+                                    "train": {"epochs": 2, "batch_size": 8, "image_size": 16, "device": "cpu",
                                               "optimizer": {"name": "adamw", "lr": 0.01},
                                               "decode_cache": str(tmp_path / "cache"), **train_overrides}}},
     })

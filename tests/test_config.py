@@ -24,6 +24,15 @@ def test_default_config_validates_and_resolves_every_experiment():
         assert run["loss"]["name"] == config["experiments"][name].get("loss", {}).get("name", run["loss"]["name"])
 
 
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_shipped_config_validates_and_resolves_every_run(path):
+    config = cfgmod.load_config(ROOT / path)
+    for name in config["experiments"]:  # load_config has expanded any grids
+        for seed in config["seeds"]:
+            run = cfgmod.resolve_experiment(config, name, seed)
+            assert run["run_dir"] == str(Path(config["results_dir"]) / name / f"seed{seed}")
+
+
 def test_experiment_overrides_defaults_without_mixing_losses():
     config = cfgmod.validate_config(default_config())
     run = cfgmod.resolve_experiment(config, "cls_focal", 0)

@@ -146,7 +146,7 @@ class SegmentationTask:
         corrects that prior shift. Returns the chosen values, the validation figures and the grid.
         """
         from pipeline.evaluation.instances import predicted_instances, read_reference
-        from pipeline.evaluation.segmentation import match_lesions
+        from pipeline.evaluation.segmentation import lesion_components, match_counts_by_area
 
         predict, evaluation = self.cfg["predict"], self.cfg["evaluation"]
         grid = predict.get("tune_grid") or {}
@@ -157,33 +157,24 @@ class SegmentationTask:
         iou_threshold = float(evaluation.get("iou_threshold", 0.1))
         model.eval()
         data = self.images(val_frame)
-        references = []
-        for row, truth in zip(val_frame.itertuples(), data.masks):
+        references = []  # the annotated lesions of each photo, found once for the whole grid
+        for row in val_frame.itertuples():
             instance_path = getattr(row, "instance_path", "")
             instance_path = resolve(instance_path, self.mask_root) if isinstance(instance_path, str) and instance_path else None
-            references.append(read_reference(resolve(row.mask_path, self.mask_root), instance_path))
+            references.append(lesion_components(*read_reference(resolve(row.mask_path, self.mask_root), instance_path)))
         # float16 keeps a validation set of 640-px photos in a few hundred MB
         probs = [self.probabilities(model, image, device, amp_dtype).astype(np.float16)
                  for image in progress(data.images, "validation photos for tuning", total=len(val_frame), unit="image")]
         table = []
         for threshold in thresholds:
             counts = np.zeros((len(areas), 3), dtype=np.int64)  # matched, true, predicted lesions per area
-            for p, (truth, instances) in zip(probs, references):
+            for p, true in zip(probs, references):
                 pred = lesion_label_map(p.astype(np.float32), lesion_threshold=threshold, min_lesion_area=0,
                                         lesion_types=lesion_types, split=split)
                 # Removing small lesions drops whole 8-connected components of the lesion union, and the
                 # split of each remaining type component depends on that component only: split once,
-                # then mask per area (the same lesions as remove_small_lesions followed by a split).
-                split_ids = predicted_instances(pred, **split)
-                union, _ = ndimage.label(pred > 0, structure=np.ones((3, 3)))
-                union_area = np.bincount(union.ravel())
-                union_area[0] = 0
-                for a, area in enumerate(areas):
-                    keep = union_area[union] >= max(area, 1)
-                    rows = match_lesions(truth, np.where(keep, pred, 0), iou_threshold, true_instances=instances,
-                                         pred_instances=np.where(keep, split_ids, 0))
-                    counts[a] += [sum(r["matched"] for r in rows), sum(r["true_type"] is not None for r in rows),
-                                  sum(r["pred_type"] is not None for r in rows)]
+                # then count per area (the same lesions as remove_small_lesions followed by a split)
+                counts += match_counts_by_area(true, pred, predicted_instances(pred, **split), areas, iou_threshold)
             for area, (matched, n_true, n_pred) in zip(areas, counts.tolist()):
                 table.append({"lesion_threshold": threshold, "min_lesion_area": area,
                               "f1": 2 * matched / (n_true + n_pred) if n_true + n_pred else 0.0,

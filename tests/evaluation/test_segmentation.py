@@ -276,3 +276,36 @@ def test_tables_are_read_from_the_metrics(hand_case, tmp_path):
     write_metrics_json(metrics, tmp_path / "m.json")
     write_segmentation_tables(json.loads((tmp_path / "m.json").read_text()), tmp_path / "again")
     assert (tmp_path / "again" / "per_class.csv").read_text() == (tmp_path / "per_class.csv").read_text()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_match_counts_for_every_area_equal_matching_after_removing_small_lesions(seed):
+    """The tuning grid's shortcut (one IoU matrix, a matching per area) against the evaluate stage's
+    own path: remove small lesions, split touching ones, match one to one."""
+    from pipeline.evaluation.instances import predicted_instances
+    from pipeline.evaluation.segmentation import lesion_components, match_counts_by_area
+    from pipeline.tasks.segmentation import remove_small_lesions
+
+    rng = np.random.default_rng(seed)
+
+    def blobs(n):
+        label = np.zeros((48, 48), np.uint8)
+        for _ in range(n):
+            r, c = rng.integers(0, 44, 2)
+            h, w = rng.integers(1, 8, 2)
+            label[r:r + h, c:c + w] = rng.integers(1, 4)
+        return label
+
+    truth = blobs(12)
+    pred = np.roll(truth, 1, axis=1)  # the annotated lesions, shifted, plus false ones
+    extra = blobs(8)
+    pred[extra > 0] = extra[extra > 0]
+    areas = [1, 2, 4, 9, 16, 30]
+    counts = match_counts_by_area(lesion_components(truth), pred, predicted_instances(pred), areas, 0.1)
+    for (matched, n_true, n_pred), area in zip(counts, areas):
+        kept = remove_small_lesions(pred, area)
+        rows = match_lesions(truth, kept, 0.1, pred_instances=predicted_instances(kept))
+        assert matched == sum(r["matched"] for r in rows)
+        assert n_true == sum(r["true_type"] is not None for r in rows)
+        assert n_pred == sum(r["pred_type"] is not None for r in rows)
+    assert counts[0, 0] > 0 and counts[-1, 2] < counts[0, 2]  # the case is not trivial
