@@ -35,6 +35,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +160,8 @@ def main() -> int:
         stages.summary["figures"]["bench_seg"] = figures
         rate = 1e3 / figures["pipeline"]["step_ms"]  # one process, synchronised each step
         # the seeds share the GPU: assume together only 1.5x one process's rate (conservative)
-        steps_per_epoch = 228 * train["patches_per_image"] // train["batch_size"]
+        n_train = int(pd.read_csv(REPO / acne_cfg["manifests_dir"] / "acne04.split.csv")["split"].eq("train").sum())
+        steps_per_epoch = n_train * train["patches_per_image"] // train["batch_size"]
         # leave PREDICT_S + EVALUATE_S + 20 s for prediction and evaluation
         fit = int((stages.left() - PREDICT_S - EVALUATE_S - 20) * 1.5 * rate / (len(seeds) * steps_per_epoch * 1.15))
         if fit < epochs:
