@@ -223,4 +223,5 @@ def export(run: str | Path, out: str | Path, formats=DEFAULT_FORMATS, *, rtol: f
             task.tuned = json.loads(tuned.read_text())
         record["postprocessing"] = task.postprocessing()
         record["grading_thresholds"] = cfg["dataset"].get("grading", {}).get("thresholds")
+        record["count_calibration"] = (task.tuned or {}).get("count_calibration")  # None: grade the lesions found
     return write_text(out / "export.json", json.dumps(rundir.to_jsonable(record), indent=2))

@@ -15,8 +15,8 @@ Outputs (each file written atomically; a run that stops leaves no half-written f
   with a validation operating point ``call_<CLASS>`` (prob >= the threshold chosen on validation
   for 95% specificity);
 - segmentation: ``masks/<id>.png`` (label maps), ``overlays/<id>.png`` (lesions drawn over the photo)
-  and ``lesion_counts.csv``: image_id, n_<type>..., n_lesions, grade, grade_label (the dataset's
-  grading thresholds);
+  and ``lesion_counts.csv``: image_id, n_<type>..., n_lesions, n_lesions_calibrated (with a count
+  calibration fitted on validation), grade, grade_label (the dataset's grading thresholds);
 - ``explain/<id>.png`` with ``--explain`` (classification): the evaluation crop tinted by Grad-CAM++
   for the predicted class (pipeline.saliency);
 - ``skipped.csv`` with ``--skip-bad``: each unreadable image and the reason. Without it the first
@@ -195,13 +195,14 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
 
 
 def _segment(task, model, frame, cfg: dict, run_dir: Path, out: Path, device, amp_dtype) -> Path:
-    from pipeline.evaluation.instances import grade_labels, predicted_instances
+    from pipeline.evaluation.instances import calibrated_counts, grade_labels, predicted_instances
     from pipeline.tasks.segmentation import lesion_label_map
 
     tuned = run_dir / rundir.POSTPROCESSING
     if cfg["predict"].get("tune_postprocessing") and tuned.is_file():
         task.tuned = json.loads(tuned.read_text())  # chosen on validation by the predict stage
     settings = task.postprocessing()
+    calibration = (task.tuned or {}).get("count_calibration")  # fitted on validation with the threshold
     types = task.types
     thresholds = list(cfg["dataset"].get("grading", {}).get("thresholds", HAYASHI_THRESHOLDS))
     names = grade_labels(thresholds)
@@ -215,10 +216,12 @@ def _segment(task, model, frame, cfg: dict, run_dir: Path, out: Path, device, am
         lesion_types = [int(labels[instances == i][0]) for i in ids]
         counts = {f"n_{t}": lesion_types.count(k + 1) for k, t in enumerate(types)}
         total = len(ids)
-        grade = int(grade_from_count([total], thresholds)[0])
+        graded = float(calibrated_counts([total], calibration)[0])  # the lesions found, or their calibrated count
+        grade = int(grade_from_count([graded], thresholds)[0])
         write_png_atomic(labels, out / "masks" / f"{row.image_id}.png")
         write_png_atomic(overlay(image, labels), out / "overlays" / f"{row.image_id}.png")
         rows.append({"image_id": row.image_id, "image_path": row.image_path, **counts, "n_lesions": total,
+                     **({"n_lesions_calibrated": round(graded, 2)} if calibration else {}),
                      "grade": grade, "grade_label": names[grade]})
         if number % PROGRESS_EVERY == 0 or number == len(frame):
             log.info("%d/%d images", number, len(frame))

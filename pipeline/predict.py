@@ -47,6 +47,8 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
         raise DataError(f"{cfg['dataset']['manifest']}: no images in split {split!r}")
     run_dir = Path(cfg["run_dir"])
     amp_dtype = amp_dtype_for(device, cfg["train"]["amp"])
+    # a record from an earlier run that tuned would otherwise be read by evaluate, infer and export
+    (run_dir / rundir.POSTPROCESSING).unlink(missing_ok=True)
     if cfg["predict"].get("tune_postprocessing"):
         # chosen on the validation split only; the split predicted here is never looked at
         val = frame[frame["split"] == "val"].reset_index(drop=True)
@@ -57,6 +59,10 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
         log.info("post-processing tuned on %d validation images: lesion_threshold %s, min_lesion_area %d "
                  "(validation lesion F1 %.3f)", tuned["n_images"], tuned["lesion_threshold"],
                  tuned["min_lesion_area"], tuned["val_f1"])
+        if tuned.get("count_calibration"):
+            calibration = tuned["count_calibration"]
+            log.info("count calibration (%s) fitted on validation: count MAE %.2f -> %.2f lesions a photo",
+                     calibration["method"], calibration["val_count_mae_found"], calibration["val_count_mae"])
     if hasattr(task, "fit_post_hoc"):
         validation = frame[frame["split"] == "val"].reset_index(drop=True)
         if task.fit_post_hoc(model, validation, device, run_dir, amp_dtype=amp_dtype) is not None:

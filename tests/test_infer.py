@@ -1,5 +1,6 @@
 """pipeline infer: a trained run applied to new images, no labels; bad images named or skipped."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,16 @@ def test_segmentation_infer_writes_masks_overlays_and_counts_that_agree(tmp_path
         assert row.n_lesions == sum(getattr(row, f"n_{t}") for t in types)
         assert row.grade == grade_from_count([row.n_lesions], thresholds)[0]
         assert read_rgb(tmp_path / "out" / "overlays" / f"{row.image_id}.png").shape == (72, 80, 3)
+    # a count calibration fitted on validation (postprocessing.json) is what the grade is read from
+    run["predict"]["tune_postprocessing"] = True
+    rundir.write_run_config(run, run_dir / rundir.RUN_CONFIG)
+    settings = task.postprocessing()
+    calibration = {"method": "linear", "intercept": 5.0, "slope": 2.0, "fitted_on": "val", "n_images": 3}
+    (run_dir / rundir.POSTPROCESSING).write_text(json.dumps(
+        {"lesion_threshold": settings["lesion_threshold"], "min_lesion_area": settings["min_lesion_area"],
+         "count_calibration": calibration}))
+    infer(run_dir, folder, tmp_path / "calibrated", device="cpu")
+    calibrated = pd.read_csv(tmp_path / "calibrated" / "lesion_counts.csv")
+    assert calibrated["n_lesions"].tolist() == counts["n_lesions"].tolist()
+    assert calibrated["n_lesions_calibrated"].tolist() == pytest.approx((5 + 2 * counts["n_lesions"]).tolist())
+    assert calibrated["grade"].tolist() == grade_from_count(calibrated["n_lesions_calibrated"], thresholds).tolist()

@@ -32,8 +32,11 @@ def test_a_changed_config_does_not_reuse_the_checkpoint(tmp_path):
 def test_predict_run_writes_the_predictions_file(tmp_path):
     run = tiny_classification_run(tmp_path)
     training.train(run, threads=1)
+    stale = tmp_path / "results/tiny_ce/seed0" / rundir.POSTPROCESSING  # from an earlier run that tuned
+    stale.write_text('{"count_calibration": {"method": "linear", "intercept": 9, "slope": 9}}')
     path = predict.predict_run(run, "test")
     assert path == tmp_path / "results/tiny_ce/seed0" / rundir.PREDICTIONS
+    assert not stale.exists()  # nothing later reads settings this prediction did not use
     table = rundir.read_predictions(path.parent, rundir.prediction_columns("classification", ["A", "B", "C"]))
     split = training.load_split(run)
     assert sorted(table["image_id"]) == sorted(split.loc[split["split"] == "test", "image_id"])

@@ -10,6 +10,7 @@ touch are split at their necks: peaks of the distance transform seed a watershed
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -31,14 +32,18 @@ from pipeline.data.instances import (
     components_per_type,
     grade_from_count,
 )
+from pipeline import rundir
 from pipeline.data.io import read_instance_map, read_label_map
 from pipeline.data.manifest import read_manifest, resolve
 from pipeline.errors import DataError
 from pipeline.evaluation.stats import bootstrap_estimates, proportion
 
 __all__ = [
+    "COUNT_CALIBRATIONS",
     "GRADING_RULE",
     "SPLIT_RULE",
+    "calibrated_counts",
+    "fit_count_calibration",
     "grade_labels",
     "grading_metrics",
     "predicted_instances",
@@ -171,12 +176,20 @@ def segmentation_inputs(predictions: pd.DataFrame, run_dir: str | Path, dataset:
             true_map, instances = read_reference(row.true_mask_path, instance_paths.get(row.image_id, ""))
             yield row.image_id, true_map, read_label_map(run_dir / row.pred_mask_path), instances
 
+    tuned = run_dir / rundir.POSTPROCESSING  # written by the predict stage when it tuned on validation
+    calibration = None
+    if tuned.is_file():
+        try:
+            calibration = json.loads(tuned.read_text()).get("count_calibration")
+        except (json.JSONDecodeError, AttributeError) as error:
+            raise DataError(f"{tuned}: not a post-processing record ({error}); rerun `pipeline predict`") from None
     settings = {
         "split_touching": bool(evaluation.get("split_touching", True)),
         "min_peak_distance": int(evaluation.get("min_peak_distance", 3)),
         "min_neck_depth": float(evaluation.get("min_neck_depth", 1.0)),
         "grade_thresholds": list(dataset.get("grading", {}).get("thresholds", HAYASHI_THRESHOLDS)),
         "annotated_grades": reference["grade"].to_dict(),
+        "count_calibration": calibration,
     }
     return samples(), settings
 
@@ -203,14 +216,18 @@ def grading_metrics(
     *,
     n_bootstrap: int = 1000,
     bootstrap_seed: int = 0,
+    count_calibration: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """The metrics.json ``grading`` block, and the reference and predicted grade of each image.
 
     Accuracy with a Wilson interval; quadratic-weighted Cohen's kappa (scikit-learn) with a
     percentile bootstrap over images; count MAE and Spearman correlation (SciPy) of total counts.
+    With a ``count_calibration`` (fitted on validation, :func:`fit_count_calibration`) the predicted
+    grade, count MAE and Spearman use the calibrated count; ``found`` keeps the raw count's figures.
     """
     true_counts = np.asarray(true_counts, dtype=float)
-    pred_counts = np.asarray(pred_counts, dtype=float)
+    found_counts = np.asarray(pred_counts, dtype=float)
+    pred_counts = calibrated_counts(found_counts, count_calibration)
     annotated = [None if g is None or (isinstance(g, float) and math.isnan(g)) else int(g) for g in annotated_grades]
     n_grades = len(thresholds) + 1
     from_counts = grade_from_count(true_counts, thresholds)
@@ -243,10 +260,96 @@ def grading_metrics(
         "kappa": {**kappa_estimate, "weights": "quadratic"},
         "count_mae": float(np.mean(np.abs(pred_counts - true_counts))) if true_counts.size else math.nan,
         "spearman": spearman(true_counts, pred_counts),
+        "count_rule": count_calibration_rule(count_calibration),
+        "count_calibration": dict(count_calibration) if count_calibration else None,
         "confusion_matrix": {"labels": grade_labels(thresholds), "counts": counts.tolist(),
                              "rows": f"reference grade ({source})", "columns": "predicted grade"},
     }
+    if count_calibration:
+        found_grades = grade_from_count(found_counts, thresholds)
+        block["found"] = {"accuracy": proportion(int(np.sum(found_grades == reference)), int(reference.size)),
+                          "count_mae": float(np.mean(np.abs(found_counts - true_counts))) if true_counts.size else math.nan,
+                          "rule": "the same figures graded from the number of lesions found, uncalibrated"}
     return block, reference, predicted
+
+
+# --------------------------------------------------------------------------- count calibration
+COUNT_CALIBRATIONS = ("none", "linear", "huber", "isotonic")
+
+
+def fit_count_calibration(found: Sequence[float], annotated: Sequence[float], method: str) -> dict[str, Any] | None:
+    """A map from the number of lesions a model finds on a photo to the annotated number, fitted
+    on the VALIDATION split (``predict.count_calibration``); None for ``"none"``.
+
+    Why: a detector at recall r and a roughly constant number f of false lesions per photo finds
+    about f + r * n lesions where n are annotated, so mild photos are over-counted and severe ones
+    under-counted, and a grade read from the raw count regresses to the middle grades. The count
+    a grade is read from is then the expected annotated count given the found count, as a count
+    regression on the detector's output is in detection-plus-grading models (Wu et al., ICCV 2019,
+    counting branch; AcneDGNet, Sci Rep 2024):
+
+    - ``linear``: least squares n ≈ a + b * found (scikit-learn ``LinearRegression``), clipped at 0;
+    - ``huber``: the same line fitted with the Huber loss (scikit-learn ``HuberRegressor``), so a few
+      photos whose lesions the model misses almost entirely do not tilt it;
+    - ``isotonic``: the monotone least-squares map (scikit-learn ``IsotonicRegression``), stored as
+      its breakpoints and applied by linear interpolation, constant beyond the fitted range.
+
+    The result is plain JSON (written to postprocessing.json beside the tuned threshold and area).
+    """
+    if method not in COUNT_CALIBRATIONS:
+        raise ValueError(f"count calibration must be one of {list(COUNT_CALIBRATIONS)}, got {method!r}")
+    if method == "none":
+        return None
+    found = np.asarray(found, dtype=float)
+    annotated = np.asarray(annotated, dtype=float)
+    if found.shape != annotated.shape or found.ndim != 1:
+        raise ValueError(f"count calibration: found {found.shape} and annotated {annotated.shape} counts differ in shape")
+    if found.size < 3 or np.ptp(found) == 0:
+        raise DataError(f"count calibration ({method}) needs validation photos with at least two different numbers "
+                        f"of found lesions; got {found.size} photo(s) with counts {sorted(set(found.tolist()))[:5]}")
+    record: dict[str, Any] = {"method": method, "fitted_on": "val", "n_images": int(found.size)}
+    if method in ("linear", "huber"):
+        from sklearn.linear_model import HuberRegressor, LinearRegression
+
+        model = LinearRegression() if method == "linear" else HuberRegressor(max_iter=1000)
+        fit = model.fit(found[:, None], annotated)
+        record.update(intercept=float(fit.intercept_), slope=float(fit.coef_[0]))
+    else:
+        from sklearn.isotonic import IsotonicRegression
+
+        fit = IsotonicRegression(out_of_bounds="clip", y_min=0.0).fit(found, annotated)
+        record.update(found=[float(v) for v in fit.X_thresholds_], annotated=[float(v) for v in fit.y_thresholds_])
+    estimate = calibrated_counts(found, record)
+    record["val_count_mae_found"] = float(np.mean(np.abs(found - annotated)))
+    record["val_count_mae"] = float(np.mean(np.abs(estimate - annotated)))
+    return record
+
+
+def calibrated_counts(found: Sequence[float], calibration: Mapping[str, Any] | None) -> np.ndarray:
+    """The annotated-count estimate of each found count under ``calibration`` (identity for None)."""
+    found = np.asarray(found, dtype=float)
+    if not calibration:
+        return found
+    method = calibration.get("method")
+    if method in ("linear", "huber"):
+        return np.clip(calibration["intercept"] + calibration["slope"] * found, 0.0, None)
+    if method == "isotonic":
+        return np.interp(found, calibration["found"], calibration["annotated"])
+    raise DataError(f"count calibration: unknown method {method!r} (known: {list(COUNT_CALIBRATIONS[1:])})")
+
+
+def count_calibration_rule(calibration: Mapping[str, Any] | None) -> str:
+    """One sentence on the count a grade is read from."""
+    if not calibration:
+        return "The count graded is the number of lesions found."
+    n = calibration.get("n_images", "?")
+    if calibration.get("method") in ("linear", "huber"):
+        how = (f"{calibration['intercept']:.2f} + {calibration['slope']:.3f} × lesions found, at least 0; "
+               f"{'least squares' if calibration['method'] == 'linear' else 'Huber loss'}")
+    else:
+        how = f"an isotonic (monotone) map of lesions found, {len(calibration.get('found', []))} breakpoints"
+    return (f"The count graded is the annotated count expected from the lesions found, fitted on {n} validation "
+            f"images ({how}); the test split is not used to fit it.")
 
 
 def spearman(true_counts: Sequence[float], pred_counts: Sequence[float]) -> dict[str, Any]:

@@ -51,7 +51,14 @@ from pipeline.progress import progress
 from pipeline.evaluation.classification import per_class_row, resolve_class_names
 from pipeline import rundir
 from pipeline.atomic import write_text
-from pipeline.evaluation.instances import SPLIT_RULE, annotated_grade_list, grading_metrics, predicted_instances, spearman
+from pipeline.evaluation.instances import (
+    SPLIT_RULE,
+    annotated_grade_list,
+    calibrated_counts,
+    grading_metrics,
+    predicted_instances,
+    spearman,
+)
 from pipeline.evaluation.stats import bootstrap_estimates, bootstrap_mean, proportion
 
 __all__ = [
@@ -305,6 +312,7 @@ def compute_segmentation_metrics(
     min_neck_depth: float = 1.0,
     grade_thresholds: Sequence[float] = HAYASHI_THRESHOLDS,
     annotated_grades: Mapping[str, int | None] | None = None,
+    count_calibration: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Pixel- and lesion-level metrics over ``(image_id, true_map, pred_map[, true_instances])``
     samples (``true_instances``: the annotation's instance map, or None for components per type).
@@ -315,8 +323,9 @@ def compute_segmentation_metrics(
     ``grade_annotated`` (empty when none), ``grade_true`` (the reference), ``grade_pred``).
     Predicted lesions come from :func:`predicted_instances` with ``split_touching``,
     ``min_peak_distance`` and ``min_neck_depth``; grades use ``grade_thresholds`` and
-    ``annotated_grades`` (image_id -> grade or None). ``samples`` may be a generator: maps are
-    read once and not kept.
+    ``annotated_grades`` (image_id -> grade or None), from the count ``count_calibration`` maps
+    the lesions found to (fitted on validation; per-image column ``n_graded``). ``samples`` may be
+    a generator: maps are read once and not kept.
     """
     classes = list(classes)
     _check_class_list(classes)
@@ -356,7 +365,10 @@ def compute_segmentation_metrics(
     annotated = annotated_grade_list(per_image["image_id"].tolist(), annotated_grades)
     grading, reference, predicted = grading_metrics(per_image["n_true"], per_image["n_pred"], annotated,
                                                     grade_thresholds, n_bootstrap=n_bootstrap,
-                                                    bootstrap_seed=bootstrap_seed)
+                                                    bootstrap_seed=bootstrap_seed,
+                                                    count_calibration=count_calibration)
+    if count_calibration:
+        per_image["n_graded"] = calibrated_counts(per_image["n_pred"], count_calibration)
     per_image["grade_annotated"] = pd.Series(annotated, dtype=object)  # None (empty in CSV): not annotated
     per_image["grade_true"], per_image["grade_pred"] = reference, predicted
     metrics = {"task": "segmentation", "experiment": experiment, "seed": seed, "classes": classes,

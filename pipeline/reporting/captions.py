@@ -462,9 +462,14 @@ def grading_caption(grading: Mapping[str, Any]) -> str:
     spearman_text = f", Spearman {spearman:.2f} between the counts" if is_number(spearman) else ""
     mae = grading.get("count_mae")
     mae_text = f"the predicted lesion count is off by {mae:.1f} lesions per image on average" if is_number(mae) else ""
-    text = (f"The grade from the model's lesion count equals the reference ({grading.get('reference', 'n/a')}) in "
+    found = grading.get("found") or {}
+    source = ("lesion count, calibrated on validation," if found else "lesion count")
+    text = (f"The grade from the model's {source} equals the reference ({grading.get('reference', 'n/a')}) in "
             f"{count(k)} of {count(n)} images ({value_with_ci(accuracy)}); {kappa_text}")
     text += f"; {mae_text}{spearman_text}." if mae_text else "."
+    found_accuracy = (found.get("accuracy") or {}).get("value")
+    if is_number(found_accuracy):
+        text += f" Graded from the number of lesions found, uncalibrated: {pct(found_accuracy)}."
     matrix = grading.get("confusion_matrix") or {}
     labels, counts = matrix.get("labels") or [], matrix.get("counts") or []
     misses = [(counts[i][j], i, j) for i in range(len(counts)) for j in range(len(counts[i])) if i != j and counts[i][j]]

@@ -576,16 +576,23 @@ def grading_section(grading: Mapping[str, Any] | None) -> dict[str, Any] | None:
     labels = [str(label) for label in matrix.get("labels") or []]
     counts = matrix.get("counts") or []
     spearman = grading.get("spearman") or {}
+    cards = [
+        {"name": "Grade accuracy", "key": "grade_accuracy", **cell(grading.get("accuracy"))},
+        {"name": "Quadratic-weighted kappa", "key": "grade_kappa", **cell(grading.get("kappa"), percent=False)},
+        {"name": "Lesion count MAE", "key": "grade_count_mae", **cell(grading.get("count_mae"), percent=False)},
+        {"name": "Spearman (counts)", "key": "grade_spearman", **cell(spearman.get("value"), percent=False)},
+    ]
+    found = grading.get("found")
+    if found:  # graded from a count calibrated on validation: the uncalibrated figures beside it
+        cards += [{"name": "Grade accuracy, lesions found (uncalibrated)", "key": "grade_accuracy_found",
+                   **cell(found.get("accuracy"))},
+                  {"name": "Count MAE, lesions found", "key": "grade_count_mae_found",
+                   **cell(found.get("count_mae"), percent=False)}]
     return {
-        "cards": [
-            {"name": "Grade accuracy", "key": "grade_accuracy", **cell(grading.get("accuracy"))},
-            {"name": "Quadratic-weighted kappa", "key": "grade_kappa", **cell(grading.get("kappa"), percent=False)},
-            {"name": "Lesion count MAE", "key": "grade_count_mae", **cell(grading.get("count_mae"), percent=False)},
-            {"name": "Spearman (counts)", "key": "grade_spearman", **cell(spearman.get("value"), percent=False)},
-        ],
+        "cards": cards,
         "caption": captions.grading_caption(grading),
         "reference": grading.get("reference", ""),
-        "rule": grading.get("rule", ""),
+        "rule": " ".join(text for text in (grading.get("rule", ""), grading.get("count_rule", "")) if text),
         "thresholds": ", ".join(str(t) for t in grading.get("thresholds") or []),
         "labels": labels,
         "rows": [{"label": label, "counts": [int(c) for c in row]} for label, row in zip(labels, counts)],

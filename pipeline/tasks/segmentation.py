@@ -45,6 +45,10 @@ class SegmentationTask:
                               "`pipeline list losses` that takes logits, e.g. dice_ce with class weights)")
         if ((cfg.get("model") or {}).get("head") or "linear") != "linear":
             raise ConfigError("model.head is a classification setting; segmentation models output logits per pixel")
+        predict = cfg.get("predict") or {}
+        if predict.get("count_calibration", "none") != "none" and not predict.get("tune_postprocessing"):
+            raise ConfigError("predict.count_calibration is fitted on the validation split by the tuning step: "
+                              "set predict.tune_postprocessing: true, or count_calibration: none")
         self.cfg = cfg
         self.types: list[str] = cfg["dataset"]["classes"]
         self.root = Path(cfg["dataset"]["root"])
@@ -138,14 +142,16 @@ class SegmentationTask:
     def tune_postprocessing(self, model: torch.nn.Module, val_frame: pd.DataFrame, device: torch.device,
                             amp_dtype: torch.dtype | None = None) -> dict:
         """Choose ``lesion_threshold`` and ``min_lesion_area`` on the VALIDATION split, maximising
-        lesion detection F1 of any type (the count a grade is read from), and use them from now on.
+        lesion detection F1 of any type (the count a grade is read from), and use them from now on;
+        with ``predict.count_calibration`` also fit the map from lesions found to the annotated count
+        there (:func:`pipeline.evaluation.instances.fit_count_calibration`).
 
         Post-processing chosen on validation, as nnU-Net v2 does; the test split is never seen. A
         model trained on lesion-centred patches sees lesions far more often than a whole photo holds
         them, so its argmax over-draws lesions; the threshold on P(lesion) = 1 - P(background)
         corrects that prior shift. Returns the chosen values, the validation figures and the grid.
         """
-        from pipeline.evaluation.instances import predicted_instances, read_reference
+        from pipeline.evaluation.instances import fit_count_calibration, predicted_instances, read_reference
         from pipeline.evaluation.segmentation import lesion_components, match_counts_by_area
 
         predict, evaluation = self.cfg["predict"], self.cfg["evaluation"]
@@ -166,24 +172,29 @@ class SegmentationTask:
         probs = [self.probabilities(model, image, device, amp_dtype).astype(np.float16)
                  for image in progress(data.images, "validation photos for tuning", total=len(val_frame), unit="image")]
         table = []
-        for threshold in thresholds:
-            counts = np.zeros((len(areas), 3), dtype=np.int64)  # matched, true, predicted lesions per area
-            for p, true in zip(probs, references):
+        # matched, annotated and found lesions of each photo, threshold and area
+        per_photo = np.zeros((len(probs), len(thresholds), len(areas), 3), dtype=np.int64)
+        for t, threshold in enumerate(thresholds):
+            for i, (p, true) in enumerate(zip(probs, references)):
                 pred = lesion_label_map(p.astype(np.float32), lesion_threshold=threshold, min_lesion_area=0,
                                         lesion_types=lesion_types, split=split)
                 # Removing small lesions drops whole 8-connected components of the lesion union, and the
                 # split of each remaining type component depends on that component only: split once,
                 # then count per area (the same lesions as remove_small_lesions followed by a split)
-                counts += match_counts_by_area(true, pred, predicted_instances(pred, **split), areas, iou_threshold)
-            for area, (matched, n_true, n_pred) in zip(areas, counts.tolist()):
+                per_photo[i, t] = match_counts_by_area(true, pred, predicted_instances(pred, **split), areas, iou_threshold)
+            for area, (matched, n_true, n_pred) in zip(areas, per_photo[:, t].sum(axis=0).tolist()):
                 table.append({"lesion_threshold": threshold, "min_lesion_area": area,
                               "f1": 2 * matched / (n_true + n_pred) if n_true + n_pred else 0.0,
                               "recall": matched / n_true if n_true else float("nan"),
                               "precision": matched / n_pred if n_pred else float("nan")})
-        best = max(table, key=lambda r: r["f1"])  # first of equals: the lowest threshold, then the smallest area
+        b = max(range(len(table)), key=lambda k: table[k]["f1"])  # first of equals: lowest threshold, smallest area
+        best = table[b]
+        found, annotated = per_photo[:, b // len(areas), b % len(areas), 2], per_photo[:, b // len(areas), b % len(areas), 1]
         self.tuned = {"tuned_on": "val", "objective": "lesion detection F1, any type", "n_images": len(probs),
                       "lesion_threshold": best["lesion_threshold"], "min_lesion_area": best["min_lesion_area"],
                       "val_f1": best["f1"], "val_recall": best["recall"], "val_precision": best["precision"],
+                      # at the chosen threshold and area: what the grade is read from (see fit_count_calibration)
+                      "count_calibration": fit_count_calibration(found, annotated, predict.get("count_calibration", "none")),
                       "grid": table}
         return self.tuned
 

@@ -1,6 +1,7 @@
 """Lesion instances in evaluation: splitting predicted lesions, matching against annotated
 instances, counts per type and severity grading."""
 
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,8 @@ from sklearn.metrics import cohen_kappa_score
 from pipeline.data.io import write_instance_map
 from pipeline.errors import DataError
 from pipeline.evaluation.instances import (
+    calibrated_counts,
+    fit_count_calibration,
     grade_labels,
     grading_metrics,
     predicted_instances,
@@ -193,3 +196,66 @@ def test_annotated_grade_beyond_thresholds_is_an_error():
 def test_kappa_is_null_when_every_image_has_one_grade():
     block, _, _ = grading_metrics([1, 2], [1, 2], [None, None], n_bootstrap=100)
     assert math.isnan(block["kappa"]["value"]) and block["accuracy"]["value"] == 1
+
+
+# ---------------------------------------------------------------- count calibration
+def test_count_calibration_fits_by_hand():
+    found, annotated = [2, 4, 6, 8], [1, 2, 3, 4]
+    linear = fit_count_calibration(found, annotated, "linear")
+    assert linear["slope"] == pytest.approx(0.5) and linear["intercept"] == pytest.approx(0.0, abs=1e-12)
+    assert linear["val_count_mae_found"] == pytest.approx(2.5) and linear["val_count_mae"] == pytest.approx(0.0, abs=1e-12)
+    assert calibrated_counts([10], linear) == pytest.approx([5.0])
+    shifted = fit_count_calibration([5, 6, 7], [0, 1, 2], "linear")  # a = -5: small counts clip at 0
+    assert calibrated_counts([0, 5, 9], shifted) == pytest.approx([0.0, 0.0, 4.0])
+    isotonic = fit_count_calibration([1, 2, 3, 4], [2, 1, 5, 6], "isotonic")  # pools the first two
+    assert calibrated_counts([1, 2, 3, 4, 10, 0], isotonic) == pytest.approx([1.5, 1.5, 5, 6, 6, 1.5])
+    # the Huber line follows the many photos on a line, not the one photo whose lesions the model
+    # mostly missed (18 found of 40)
+    found_9, annotated_9 = [2, 4, 6, 8, 10, 12, 14, 16, 18], [1, 2, 3, 4, 5, 6, 7, 8, 40]
+    huber = fit_count_calibration(found_9, annotated_9, "huber")
+    least_squares = fit_count_calibration(found_9, annotated_9, "linear")
+    assert huber["slope"] == pytest.approx(0.5, abs=0.01) and least_squares["slope"] > 1.5
+    assert fit_count_calibration(found, annotated, "none") is None
+    assert calibrated_counts([3, 4], None).tolist() == [3.0, 4.0]
+    json.dumps(linear), json.dumps(isotonic)  # stored in postprocessing.json
+
+
+def test_count_calibration_bad_input():
+    with pytest.raises(ValueError, match="one of"):
+        fit_count_calibration([1, 2, 3], [1, 2, 3], "cubic")
+    with pytest.raises(DataError, match="two different numbers"):
+        fit_count_calibration([4, 4, 4], [1, 2, 3], "linear")
+    with pytest.raises(DataError, match="unknown method"):
+        calibrated_counts([1], {"method": "cubic"})
+
+
+def test_grading_reads_the_calibrated_count_and_keeps_the_found_figures():
+    annotated = [1, 3, 8, 15, 30, 60]
+    found = [2 * n for n in annotated]  # a detector that finds every lesion twice
+    calibration = fit_count_calibration(found, annotated, "linear")
+    raw, reference, raw_grades = grading_metrics(annotated, found, [None] * 6, n_bootstrap=50)
+    block, _, grades = grading_metrics(annotated, found, [None] * 6, n_bootstrap=50, count_calibration=calibration)
+    assert reference.tolist() == [0, 0, 1, 1, 2, 3]
+    assert raw_grades.tolist() == [0, 1, 1, 2, 3, 3] and raw["accuracy"]["k"] == 3
+    assert grades.tolist() == reference.tolist() and block["accuracy"]["k"] == 6
+    assert block["count_mae"] == pytest.approx(0.0, abs=1e-9)
+    assert block["found"]["accuracy"]["k"] == 3 and block["found"]["count_mae"] == pytest.approx(np.mean(annotated))
+    assert block["count_calibration"]["method"] == "linear" and "validation" in block["count_rule"]
+    assert raw["count_calibration"] is None and "found" not in raw and "lesions found" in raw["count_rule"]
+
+
+def test_evaluate_inputs_read_the_calibration_the_predict_stage_wrote(tmp_path):
+    label = np.zeros((5, 5), dtype=np.uint8)
+    label[1:3, 1:3] = 1
+    Image.fromarray(label).save(tmp_path / "a.png")
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"image_id": ["a"], "image_path": ["a.png"], "mask_path": ["a.png"], "split": ["test"]}).to_csv(manifest, index=False)
+    predictions = pd.DataFrame({"image_id": ["a"], "pred_mask_path": ["a.png"], "true_mask_path": [str(tmp_path / "a.png")]})
+    dataset = {"manifest": str(manifest), "mask_root": str(tmp_path)}
+    assert segmentation_inputs(predictions, tmp_path, dataset, {})[1]["count_calibration"] is None
+    record = {"lesion_threshold": 0.5, "count_calibration": fit_count_calibration([1, 2, 3], [2, 4, 6], "linear")}
+    (tmp_path / "postprocessing.json").write_text(json.dumps(record))
+    assert segmentation_inputs(predictions, tmp_path, dataset, {})[1]["count_calibration"]["slope"] == pytest.approx(2.0)
+    (tmp_path / "postprocessing.json").write_text("{half")
+    with pytest.raises(DataError, match="postprocessing.json"):
+        segmentation_inputs(predictions, tmp_path, dataset, {})

@@ -265,6 +265,25 @@ def test_grading_table_escapes_labels():
     assert "&lt;b&gt;mild&lt;/b&gt;" in text and "<b>" not in text and "severe &amp; worse" in text
 
 
+def test_grading_section_shows_the_calibrated_and_the_found_figures():
+    from pipeline.evaluation.instances import fit_count_calibration, grading_metrics
+    from pipeline.reporting.html import grading_section
+
+    annotated = [1, 3, 8, 15, 30, 60]
+    found = [2 * n for n in annotated]
+    calibration = fit_count_calibration(found, annotated, "linear")
+    block, _, _ = grading_metrics(annotated, found, [None] * 6, n_bootstrap=50, count_calibration=calibration)
+    section = grading_section(block)
+    cards = {card["key"]: card for card in section["cards"]}
+    assert same(cards["grade_accuracy"]["value"], 1.0) and same(cards["grade_accuracy_found"]["value"], 0.5)
+    assert same(cards["grade_count_mae_found"]["value"], block["found"]["count_mae"])
+    assert "calibrated on validation" in section["caption"] and "uncalibrated: 50%" in section["caption"]
+    assert "fitted on 6 validation images" in section["rule"]
+    plain = grading_section(grading_metrics(annotated, found, [None] * 6, n_bootstrap=50)[0])
+    assert "grade_accuracy_found" not in {card["key"] for card in plain["cards"]}
+    assert "calibrated" not in plain["caption"] and "number of lesions found" in plain["rule"]
+
+
 def test_segmentation_report_matches_metrics_and_lesion_table(segmentation_report):
     run_dir, config, out = segmentation_report
     metrics = json.loads((run_dir / "metrics.json").read_text())

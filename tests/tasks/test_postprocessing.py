@@ -76,15 +76,15 @@ class _RedIsLesion(torch.nn.Module):
         return torch.cat([torch.zeros_like(red), 4.0 * red, torch.full_like(red, -20.0)], dim=1)
 
 
-def _write_case(root: Path, name: str, rng: np.random.Generator) -> dict:
-    """A 48x48 photo: three true 4x4 lesions that are bright red, and four dimmer false spots."""
+def _write_case(root: Path, name: str, rng: np.random.Generator, n_true: int = 3) -> dict:
+    """A 48x48 photo: ``n_true`` true 4x4 lesions that are bright red, and four dimmer false spots."""
     image = np.zeros((48, 48, 3), np.uint8)
     image[..., 0] = 100  # normalised red about -0.3: P(lesion) ~ 0.17
     labels = np.zeros((48, 48), np.uint8)
     instances = np.zeros((48, 48), np.uint16)
-    spots = rng.permutation([(r, c) for r in range(4, 44, 10) for c in range(4, 44, 10)])[:7]
+    spots = rng.permutation([(r, c) for r in range(4, 44, 10) for c in range(4, 44, 10)])[:n_true + 4]
     for index, (r, c) in enumerate(spots):
-        true_lesion = index < 3
+        true_lesion = index < n_true
         image[r:r + 4, c:c + 4, 0] = 250 if true_lesion else 150  # P(lesion) ~ 1.0 vs ~ 0.86
         if true_lesion:
             labels[r:r + 4, c:c + 4] = 1
@@ -123,3 +123,35 @@ def test_tuning_on_validation_finds_the_threshold_that_drops_false_lesions(tmp_p
     from scipy import ndimage
 
     assert ndimage.label(after > 0)[1] == 3
+
+
+def _tuning_cfg(root: Path, **predict) -> dict:
+    return {"dataset": {"classes": ["papule", "pustule"], "root": str(root), "mask_root": str(root)},
+            "train": {"patch_size": 32},
+            "predict": {"batch_size": 4, "overlap": 0.25, "min_lesion_area": 2, "lesion_threshold": None,
+                        "tune_postprocessing": True, **predict},
+            "evaluation": {"iou_threshold": 0.1, "split_touching": True}}
+
+
+def test_count_calibration_is_fitted_on_the_validation_counts_at_the_chosen_threshold(tmp_path):
+    # 1, 2 and 3 true lesions and 4 false spots a photo; a grid that keeps the false spots (threshold
+    # 0.5) finds 5, 6, 7: the annotated count is the found count minus 4, exactly
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame([_write_case(tmp_path, f"img{n}", rng, n_true=n) for n in (1, 2, 3)])
+    grid = {"lesion_threshold": [0.5], "min_lesion_area": [1]}
+    task = SegmentationTask(_tuning_cfg(tmp_path, tune_grid=grid, count_calibration="linear"))
+    tuned = task.tune_postprocessing(_RedIsLesion(), frame, torch.device("cpu"))
+    calibration = tuned["count_calibration"]
+    assert calibration["method"] == "linear" and calibration["fitted_on"] == "val" and calibration["n_images"] == 3
+    assert calibration["slope"] == pytest.approx(1.0) and calibration["intercept"] == pytest.approx(-4.0)
+    assert calibration["val_count_mae_found"] == pytest.approx(4.0) and calibration["val_count_mae"] == pytest.approx(0.0, abs=1e-9)
+
+    task = SegmentationTask(_tuning_cfg(tmp_path, tune_grid=grid))  # the default: grade the lesions found
+    assert task.tune_postprocessing(_RedIsLesion(), frame, torch.device("cpu"))["count_calibration"] is None
+
+
+def test_count_calibration_without_tuning_is_a_config_error(tmp_path):
+    cfg = _tuning_cfg(tmp_path, count_calibration="isotonic")
+    cfg["predict"]["tune_postprocessing"] = False
+    with pytest.raises(ConfigError, match="count_calibration"):
+        SegmentationTask(cfg)

@@ -1,0 +1,126 @@
+"""Choose `predict.count_calibration` on the VALIDATION photos of trained segmentation runs, by
+cross-validation: which count a grade should be read from (the lesions found, or the annotated
+count a line / isotonic map fitted on other validation photos expects from them).
+
+    python scripts/count_calibration_cv.py results/acne04/acne04_dice_ce/seed0 [more runs] \
+        [--out counts.npz] [--folds 5] [--repeats 5]
+
+For each run: its best checkpoint predicts the validation photos once; at the post-processing the
+tuning step chooses (lesion threshold and minimum area by lesion detection F1, the run's grid) each
+photo gives (lesions found, lesions annotated, annotated grade). Then, for each method of
+`pipeline.evaluation.instances.COUNT_CALIBRATIONS`, k-fold cross-validation over the validation
+photos (fit on k-1 folds, grade the held-out fold; repeated with reshuffled folds) gives grading
+accuracy, quadratic kappa and count MAE. The test split is never read. `--out` keeps the per-photo
+counts of the whole grid (run, photo, threshold, area, [matched, annotated, found]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from sklearn.metrics import cohen_kappa_score
+from sklearn.model_selection import KFold
+
+from pipeline.data.instances import HAYASHI_THRESHOLDS, grade_from_count
+from pipeline.data.manifest import resolve
+from pipeline.evaluation.instances import (
+    COUNT_CALIBRATIONS,
+    calibrated_counts,
+    fit_count_calibration,
+    predicted_instances,
+    read_reference,
+)
+from pipeline.evaluation.segmentation import lesion_components, match_counts_by_area
+from pipeline.predict import load_best_model
+from pipeline.progress import progress
+from pipeline.tasks.segmentation import DEFAULT_TUNE_AREAS, DEFAULT_TUNE_THRESHOLDS, lesion_label_map
+from pipeline.training import load_split, select_device
+
+
+def validation_counts(run: Path) -> tuple[np.ndarray, list[float], list[int], np.ndarray, list[float]]:
+    """Per photo, threshold and area: (matched, annotated, found) lesions; and the annotated grades."""
+    cfg = yaml.safe_load((run / "run.yaml").read_text())
+    device = select_device(cfg["train"]["device"])
+    task, model = load_best_model(cfg, device)
+    frame = load_split(cfg)
+    val = frame[frame["split"] == "val"].reset_index(drop=True)
+    grid = cfg["predict"].get("tune_grid") or {}
+    thresholds = [float(t) for t in grid.get("lesion_threshold", DEFAULT_TUNE_THRESHOLDS)]
+    areas = [int(a) for a in grid.get("min_lesion_area", DEFAULT_TUNE_AREAS)]
+    split, types = task.split_rule(), cfg["predict"].get("lesion_types", "instance_vote")
+    iou = float(cfg["evaluation"].get("iou_threshold", 0.1))
+    counts = np.zeros((len(val), len(thresholds), len(areas), 3), dtype=np.int64)
+    with torch.no_grad():
+        images = progress(task.images(val).images, f"{run} validation", total=len(val), unit="image")
+        for i, (row, image) in enumerate(zip(val.itertuples(), images)):
+            instance_path = getattr(row, "instance_path", "")
+            instance_path = resolve(instance_path, task.mask_root) if isinstance(instance_path, str) and instance_path else None
+            true = lesion_components(*read_reference(resolve(row.mask_path, task.mask_root), instance_path))
+            probs = task.probabilities(model, image, device, None)
+            for t, threshold in enumerate(thresholds):
+                pred = lesion_label_map(probs, lesion_threshold=threshold, min_lesion_area=0, lesion_types=types, split=split)
+                counts[i, t] = match_counts_by_area(true, pred, predicted_instances(pred, **split), areas, iou)
+    grades = [float(g) if str(g).strip() not in ("", "nan", "None") else math.nan for g in val.get("grade", [math.nan] * len(val))]
+    thresholds_grading = list(cfg["dataset"].get("grading", {}).get("thresholds", HAYASHI_THRESHOLDS))
+    return counts, thresholds, areas, np.array(grades), thresholds_grading
+
+
+def cross_validate(found: np.ndarray, annotated: np.ndarray, reference: np.ndarray, thresholds: list[float],
+                   method: str, folds: int, repeats: int) -> tuple[float, float, float]:
+    accuracy, kappa, mae = [], [], []
+    estimate = np.zeros_like(found, dtype=float)
+    for repeat in range(repeats):
+        for fit_rows, held_out in KFold(folds, shuffle=True, random_state=repeat).split(found):
+            calibration = fit_count_calibration(found[fit_rows], annotated[fit_rows], method)
+            estimate[held_out] = calibrated_counts(found[held_out], calibration)
+        graded = grade_from_count(estimate, thresholds)
+        accuracy.append(float(np.mean(graded == reference)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kappa.append(float(cohen_kappa_score(reference, graded, weights="quadratic")))
+        mae.append(float(np.mean(np.abs(estimate - annotated))))
+    return float(np.mean(accuracy)), float(np.mean(kappa)), float(np.mean(mae))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="trained segmentation run folders (run.yaml, checkpoints/best.pt)")
+    parser.add_argument("--out", type=Path, help="write the per-photo validation counts of every run here (.npz)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    table, saved = {}, {}
+    for run in args.runs:
+        counts, thresholds, areas, grades, grading = validation_counts(run)
+        saved[str(run)] = counts
+        total = counts.sum(axis=0)
+        f1 = 2 * total[..., 0] / np.maximum(total[..., 1] + total[..., 2], 1)
+        t, a = np.unravel_index(np.argmax(f1), f1.shape)  # first of equals, as the tuning step
+        found, annotated = counts[:, t, a, 2].astype(float), counts[:, t, a, 1].astype(float)
+        from_counts = grade_from_count(annotated, grading)
+        reference = np.where(np.isnan(grades), from_counts, grades).astype(np.int64)
+        print(f"{run}: {len(found)} validation photos; threshold {thresholds[t]}, area {areas[a]} px, "
+              f"validation F1 {f1[t, a]:.3f}; mean found - annotated {np.mean(found - annotated):+.1f}")
+        for method in COUNT_CALIBRATIONS:
+            result = cross_validate(found, annotated, reference, grading, method, args.folds, args.repeats)
+            table.setdefault(method, []).append(result)
+            print(f"  {method:9s} grading {result[0]:.3f}  kappa {result[1]:.3f}  count MAE {result[2]:.2f}")
+    if len(args.runs) > 1:
+        print(f"mean ± SD over {len(args.runs)} runs ({args.folds}-fold cross-validation on validation, {args.repeats} repeats):")
+        print("| count_calibration | grading accuracy | quadratic kappa | count MAE |\n|---|---|---|---|")
+        for method, rows in table.items():
+            rows = np.array(rows)
+            mean, sd = rows.mean(axis=0), rows.std(axis=0, ddof=1)
+            print(f"| {method} | {mean[0]:.3f} ± {sd[0]:.3f} | {mean[1]:.3f} ± {sd[1]:.3f} | {mean[2]:.2f} ± {sd[2]:.2f} |")
+    if args.out:
+        np.savez(args.out, **{f"run{i}": c for i, c in enumerate(saved.values())}, runs=np.array(list(saved)))
+
+
+if __name__ == "__main__":
+    main()
