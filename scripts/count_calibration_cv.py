@@ -4,6 +4,7 @@ count a line / isotonic map fitted on other validation photos expects from them)
 
     python scripts/count_calibration_cv.py results/acne04/acne04_dice_ce/seed0 [more runs] \
         [--out counts.npz] [--folds 5] [--repeats 5]
+    python scripts/count_calibration_cv.py --counts counts.npz      (the cross-validation again, no prediction)
 
 For each run: its best checkpoint predicts the validation photos once; at the post-processing the
 tuning step chooses (lesion threshold and minimum area by lesion detection F1, the run's grid) each
@@ -11,7 +12,8 @@ photo gives (lesions found, lesions annotated, annotated grade). Then, for each 
 `pipeline.evaluation.instances.COUNT_CALIBRATIONS`, k-fold cross-validation over the validation
 photos (fit on k-1 folds, grade the held-out fold; repeated with reshuffled folds) gives grading
 accuracy, quadratic kappa and count MAE. The test split is never read. `--out` keeps the per-photo
-counts of the whole grid (run, photo, threshold, area, [matched, annotated, found]).
+counts of the whole grid of each run (photo, threshold, area, [matched, annotated, found]), with the
+grid, the annotated grades and the grading thresholds; `--counts` reads them back.
 """
 
 from __future__ import annotations
@@ -90,15 +92,24 @@ def cross_validate(found: np.ndarray, annotated: np.ndarray, reference: np.ndarr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="trained segmentation run folders (run.yaml, checkpoints/best.pt)")
+    parser.add_argument("runs", nargs="*", type=Path, help="trained segmentation run folders (run.yaml, checkpoints/best.pt)")
     parser.add_argument("--out", type=Path, help="write the per-photo validation counts of every run here (.npz)")
+    parser.add_argument("--counts", type=Path, help="cross-validate the counts an earlier --out wrote, predicting nothing")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    table, saved = {}, {}
-    for run in args.runs:
-        counts, thresholds, areas, grades, grading = validation_counts(run)
-        saved[str(run)] = counts
+    if bool(args.runs) == bool(args.counts):
+        parser.error("give run folders or --counts, not both")
+    if args.counts:
+        stored = np.load(args.counts, allow_pickle=False)
+        names = [str(name) for name in stored["runs"]]
+        runs = {name: tuple(stored[f"{key}{i}"] for key in ("counts", "thresholds", "areas", "grades", "grading"))
+                for i, name in enumerate(names)}
+    else:
+        runs = {str(run): validation_counts(run) for run in args.runs}
+    table = {}
+    for run, (counts, thresholds, areas, grades, grading) in runs.items():
+        thresholds, areas, grading = list(map(float, thresholds)), list(map(int, areas)), list(map(float, grading))
         total = counts.sum(axis=0)
         f1 = 2 * total[..., 0] / np.maximum(total[..., 1] + total[..., 2], 1)
         t, a = np.unravel_index(np.argmax(f1), f1.shape)  # first of equals, as the tuning step
@@ -111,15 +122,17 @@ def main() -> None:
             result = cross_validate(found, annotated, reference, grading, method, args.folds, args.repeats)
             table.setdefault(method, []).append(result)
             print(f"  {method:9s} grading {result[0]:.3f}  kappa {result[1]:.3f}  count MAE {result[2]:.2f}")
-    if len(args.runs) > 1:
-        print(f"mean ± SD over {len(args.runs)} runs ({args.folds}-fold cross-validation on validation, {args.repeats} repeats):")
+    if len(runs) > 1:
+        print(f"mean ± SD over {len(runs)} runs ({args.folds}-fold cross-validation on validation, {args.repeats} repeats):")
         print("| count_calibration | grading accuracy | quadratic kappa | count MAE |\n|---|---|---|---|")
         for method, rows in table.items():
             rows = np.array(rows)
             mean, sd = rows.mean(axis=0), rows.std(axis=0, ddof=1)
             print(f"| {method} | {mean[0]:.3f} ± {sd[0]:.3f} | {mean[1]:.3f} ± {sd[1]:.3f} | {mean[2]:.2f} ± {sd[2]:.2f} |")
     if args.out:
-        np.savez(args.out, **{f"run{i}": c for i, c in enumerate(saved.values())}, runs=np.array(list(saved)))
+        arrays = {f"{key}{i}": np.asarray(value) for i, record in enumerate(runs.values())
+                  for key, value in zip(("counts", "thresholds", "areas", "grades", "grading"), record)}
+        np.savez(args.out, runs=np.array(list(runs)), **arrays)
 
 
 if __name__ == "__main__":
