@@ -15,6 +15,7 @@ from pipeline.sampling import (
     HardExampleSampler,
     _seeded_generator,
     build_sampler,
+    frequency_coefficients,
 )
 
 ISIC = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
@@ -161,6 +162,23 @@ def test_build_sampler_with_preset_orders_coefficients_by_class_list():
     sampler = build_sampler(spec, labels, ISIC, seed=0)
     counts = Counter(sampler)
     assert [counts[i] for i in range(7)] == [OVERSAMPLING_PRESETS["isic2018"][code] for code in ISIC]
+
+
+def test_coefficients_set_from_the_training_labels():
+    labels = [0] * 100 + [1] * 25 + [2] * 4 + [3] * 60  # M = 100
+    assert frequency_coefficients(labels, 5, 1.0) == [1, 4, 25, 2, 1]  # class 4: no image, 1
+    assert frequency_coefficients(labels, 5, 0.5) == [1, 2, 5, 1, 1]  # sqrt(100 / 60) = 1.29 -> 1
+    # the ISIC 2018 preset is close to power 0.8 of the ISIC 2018 counts
+    isic_counts = {"MEL": 1113, "NV": 6705, "BCC": 514, "AKIEC": 327, "BKL": 1099, "DF": 115, "VASC": 142}
+    isic_labels = [i for i, code in enumerate(ISIC) for _ in range(isic_counts[code])]
+    by_rule = frequency_coefficients(isic_labels, 7, 0.8)
+    preset = [OVERSAMPLING_PRESETS["isic2018"][code] for code in ISIC]
+    assert all(abs(a - b) <= 1 for a, b in zip(by_rule, preset)), (by_rule, preset)
+    spec = {"name": "oversample", "coefficients": "inverse", "epoch_size": "expanded"}
+    counts = Counter(labels[i] for i in build_sampler(spec, labels, ["a", "b", "c", "d", "e"], seed=0))
+    assert [counts[i] for i in range(4)] == [100, 25 * 4, 4 * 25, 60 * 2]  # each class's images k_i times an epoch
+    with pytest.raises(ConfigError, match="inverse"):
+        build_sampler({"name": "oversample", "coefficients": "inverse_square"}, labels, ["a", "b", "c", "d", "e"], seed=0)
 
 
 def test_build_sampler_none_and_class_balanced():
