@@ -218,9 +218,8 @@ def export(run: str | Path, out: str | Path, formats=DEFAULT_FORMATS, *, rtol: f
             "rule": "call a class when its probability >= the threshold chosen on validation for 95% specificity",
             "thresholds": validation_thresholds(Path(cfg["run_dir"]), task.classes)}
     else:
-        tuned = Path(cfg["run_dir"]) / rundir.POSTPROCESSING
-        if cfg["predict"].get("tune_postprocessing") and tuned.is_file():
-            task.tuned = json.loads(tuned.read_text())
+        if cfg["predict"].get("tune_postprocessing"):
+            task.tuned = rundir.read_postprocessing(cfg["run_dir"])
         record["postprocessing"] = task.postprocessing()
         record["grading_thresholds"] = cfg["dataset"].get("grading", {}).get("thresholds")
         record["count_calibration"] = (task.tuned or {}).get("count_calibration")  # None: grade the lesions found

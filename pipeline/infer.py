@@ -198,9 +198,8 @@ def _segment(task, model, frame, cfg: dict, run_dir: Path, out: Path, device, am
     from pipeline.evaluation.instances import calibrated_counts, grade_labels, predicted_instances
     from pipeline.tasks.segmentation import lesion_label_map
 
-    tuned = run_dir / rundir.POSTPROCESSING
-    if cfg["predict"].get("tune_postprocessing") and tuned.is_file():
-        task.tuned = json.loads(tuned.read_text())  # chosen on validation by the predict stage
+    if cfg["predict"].get("tune_postprocessing"):
+        task.tuned = rundir.read_postprocessing(run_dir)  # chosen on validation by the predict stage
     settings = task.postprocessing()
     calibration = (task.tuned or {}).get("count_calibration")  # fitted on validation with the threshold
     types = task.types

@@ -203,6 +203,21 @@ def read_logit_offsets(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None
     return record
 
 
+def read_postprocessing(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's postprocessing.json (segmentation settings the predict stage chose on the validation
+    split: threshold, area, count calibration), or None when it did not tune."""
+    path = Path(run_dir) / POSTPROCESSING
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); rerun `pipeline predict`") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: not a post-processing record; rerun `pipeline predict`")
+    return record
+
+
 # --------------------------------------------------------------------------------------- metrics
 def to_jsonable(obj: Any) -> Any:
     """Plain JSON types: numpy scalars/arrays unwrapped, tuples to lists, NaN/inf to ``None``."""

@@ -6,8 +6,8 @@ count a line / isotonic map fitted on other validation photos expects from them)
         [--out counts.npz] [--folds 5] [--repeats 5]
     python scripts/count_calibration_cv.py --counts counts.npz      (the cross-validation again, no prediction)
 
-For each run: its best checkpoint predicts the validation photos once; at the post-processing the
-tuning step chooses (lesion threshold and minimum area by lesion detection F1, the run's grid) each
+For each run: its best checkpoint predicts the validation photos once (`SegmentationTask.grid_counts`,
+the tuning step's own counting); at the post-processing the tuning step chooses (lesion threshold and minimum area by lesion detection F1, the run's grid) each
 photo gives (lesions found, lesions annotated, annotated grade). Then, for each method of
 `pipeline.evaluation.instances.COUNT_CALIBRATIONS`, k-fold cross-validation over the validation
 photos (fit on k-1 folds, grade the held-out fold; repeated with reshuffled folds) gives grading
@@ -30,44 +30,22 @@ from sklearn.metrics import cohen_kappa_score
 from sklearn.model_selection import KFold
 
 from pipeline.data.instances import HAYASHI_THRESHOLDS, grade_from_count
-from pipeline.data.manifest import resolve
-from pipeline.evaluation.instances import (
-    COUNT_CALIBRATIONS,
-    calibrated_counts,
-    fit_count_calibration,
-    predicted_instances,
-    read_reference,
-)
-from pipeline.evaluation.segmentation import lesion_components, match_counts_by_area
+from pipeline.evaluation.instances import COUNT_CALIBRATIONS, calibrated_counts, fit_count_calibration
 from pipeline.predict import load_best_model
-from pipeline.progress import progress
-from pipeline.tasks.segmentation import DEFAULT_TUNE_AREAS, DEFAULT_TUNE_THRESHOLDS, lesion_label_map
+from pipeline.tasks.segmentation import best_grid_cell
 from pipeline.training import load_split, select_device
 
 
 def validation_counts(run: Path) -> tuple[np.ndarray, list[float], list[int], np.ndarray, list[float]]:
-    """Per photo, threshold and area: (matched, annotated, found) lesions; and the annotated grades."""
+    """Per photo, threshold and area: (matched, annotated, found) lesions, counted as the tuning step
+    counts them; and the annotated grades and grading thresholds."""
     cfg = yaml.safe_load((run / "run.yaml").read_text())
     device = select_device(cfg["train"]["device"])
     task, model = load_best_model(cfg, device)
     frame = load_split(cfg)
     val = frame[frame["split"] == "val"].reset_index(drop=True)
-    grid = cfg["predict"].get("tune_grid") or {}
-    thresholds = [float(t) for t in grid.get("lesion_threshold", DEFAULT_TUNE_THRESHOLDS)]
-    areas = [int(a) for a in grid.get("min_lesion_area", DEFAULT_TUNE_AREAS)]
-    split, types = task.split_rule(), cfg["predict"].get("lesion_types", "instance_vote")
-    iou = float(cfg["evaluation"].get("iou_threshold", 0.1))
-    counts = np.zeros((len(val), len(thresholds), len(areas), 3), dtype=np.int64)
     with torch.no_grad():
-        images = progress(task.images(val).images, f"{run} validation", total=len(val), unit="image")
-        for i, (row, image) in enumerate(zip(val.itertuples(), images)):
-            instance_path = getattr(row, "instance_path", "")
-            instance_path = resolve(instance_path, task.mask_root) if isinstance(instance_path, str) and instance_path else None
-            true = lesion_components(*read_reference(resolve(row.mask_path, task.mask_root), instance_path))
-            probs = task.probabilities(model, image, device, None)
-            for t, threshold in enumerate(thresholds):
-                pred = lesion_label_map(probs, lesion_threshold=threshold, min_lesion_area=0, lesion_types=types, split=split)
-                counts[i, t] = match_counts_by_area(true, pred, predicted_instances(pred, **split), areas, iou)
+        counts, thresholds, areas = task.grid_counts(model, val, device)
     grades = [float(g) if str(g).strip() not in ("", "nan", "None") else math.nan for g in val.get("grade", [math.nan] * len(val))]
     thresholds_grading = list(cfg["dataset"].get("grading", {}).get("thresholds", HAYASHI_THRESHOLDS))
     return counts, thresholds, areas, np.array(grades), thresholds_grading
@@ -110,14 +88,14 @@ def main() -> None:
     table = {}
     for run, (counts, thresholds, areas, grades, grading) in runs.items():
         thresholds, areas, grading = list(map(float, thresholds)), list(map(int, areas)), list(map(float, grading))
-        total = counts.sum(axis=0)
-        f1 = 2 * total[..., 0] / np.maximum(total[..., 1] + total[..., 2], 1)
-        t, a = np.unravel_index(np.argmax(f1), f1.shape)  # first of equals, as the tuning step
+        t, a = best_grid_cell(counts)  # the cell the tuning step chooses
+        total = counts[:, t, a].sum(axis=0)
+        f1 = 2 * total[0] / max(total[1] + total[2], 1)
         found, annotated = counts[:, t, a, 2].astype(float), counts[:, t, a, 1].astype(float)
         from_counts = grade_from_count(annotated, grading)
         reference = np.where(np.isnan(grades), from_counts, grades).astype(np.int64)
         print(f"{run}: {len(found)} validation photos; threshold {thresholds[t]}, area {areas[a]} px, "
-              f"validation F1 {f1[t, a]:.3f}; mean found - annotated {np.mean(found - annotated):+.1f}")
+              f"validation F1 {f1:.3f}; mean found - annotated {np.mean(found - annotated):+.1f}")
         for method in COUNT_CALIBRATIONS:
             result = cross_validate(found, annotated, reference, grading, method, args.folds, args.repeats)
             table.setdefault(method, []).append(result)

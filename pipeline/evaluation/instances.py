@@ -10,7 +10,6 @@ touch are split at their necks: peaks of the distance transform seed a watershed
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -176,20 +175,14 @@ def segmentation_inputs(predictions: pd.DataFrame, run_dir: str | Path, dataset:
             true_map, instances = read_reference(row.true_mask_path, instance_paths.get(row.image_id, ""))
             yield row.image_id, true_map, read_label_map(run_dir / row.pred_mask_path), instances
 
-    tuned = run_dir / rundir.POSTPROCESSING  # written by the predict stage when it tuned on validation
-    calibration = None
-    if tuned.is_file():
-        try:
-            calibration = json.loads(tuned.read_text()).get("count_calibration")
-        except (json.JSONDecodeError, AttributeError) as error:
-            raise DataError(f"{tuned}: not a post-processing record ({error}); rerun `pipeline predict`") from None
+    tuned = rundir.read_postprocessing(run_dir)  # written by the predict stage when it tuned on validation
     settings = {
         "split_touching": bool(evaluation.get("split_touching", True)),
         "min_peak_distance": int(evaluation.get("min_peak_distance", 3)),
         "min_neck_depth": float(evaluation.get("min_neck_depth", 1.0)),
         "grade_thresholds": list(dataset.get("grading", {}).get("thresholds", HAYASHI_THRESHOLDS)),
         "annotated_grades": reference["grade"].to_dict(),
-        "count_calibration": calibration,
+        "count_calibration": (tuned or {}).get("count_calibration"),
     }
     return samples(), settings
 

@@ -151,7 +151,32 @@ class SegmentationTask:
         them, so its argmax over-draws lesions; the threshold on P(lesion) = 1 - P(background)
         corrects that prior shift. Returns the chosen values, the validation figures and the grid.
         """
-        from pipeline.evaluation.instances import fit_count_calibration, predicted_instances, read_reference
+        from pipeline.evaluation.instances import fit_count_calibration
+
+        per_photo, thresholds, areas = self.grid_counts(model, val_frame, device, amp_dtype)
+        table = []
+        for t, threshold in enumerate(thresholds):
+            for area, (matched, n_true, n_pred) in zip(areas, per_photo[:, t].sum(axis=0).tolist()):
+                table.append({"lesion_threshold": threshold, "min_lesion_area": area,
+                              "f1": 2 * matched / (n_true + n_pred) if n_true + n_pred else 0.0,
+                              "recall": matched / n_true if n_true else float("nan"),
+                              "precision": matched / n_pred if n_pred else float("nan")})
+        t, a = best_grid_cell(per_photo)
+        best = table[t * len(areas) + a]
+        found, annotated = per_photo[:, t, a, 2], per_photo[:, t, a, 1]
+        self.tuned = {"tuned_on": "val", "objective": "lesion detection F1, any type", "n_images": len(per_photo),
+                      "lesion_threshold": best["lesion_threshold"], "min_lesion_area": best["min_lesion_area"],
+                      "val_f1": best["f1"], "val_recall": best["recall"], "val_precision": best["precision"],
+                      # at the chosen threshold and area: what the grade is read from (see fit_count_calibration)
+                      "count_calibration": fit_count_calibration(found, annotated, self.cfg["predict"].get("count_calibration", "none")),
+                      "grid": table}
+        return self.tuned
+
+    def grid_counts(self, model: torch.nn.Module, val_frame: pd.DataFrame, device: torch.device,
+                    amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[float], list[int]]:
+        """(matched, annotated, found) lesions of each photo at each lesion threshold and minimum area
+        of ``predict.tune_grid``: an int64 array (photo, threshold, area, 3), with the grid's values."""
+        from pipeline.evaluation.instances import predicted_instances, read_reference
         from pipeline.evaluation.segmentation import lesion_components, match_counts_by_area
 
         predict, evaluation = self.cfg["predict"], self.cfg["evaluation"]
@@ -171,8 +196,6 @@ class SegmentationTask:
         # float16 keeps a validation set of 640-px photos in a few hundred MB
         probs = [self.probabilities(model, image, device, amp_dtype).astype(np.float16)
                  for image in progress(data.images, "validation photos for tuning", total=len(val_frame), unit="image")]
-        table = []
-        # matched, annotated and found lesions of each photo, threshold and area
         per_photo = np.zeros((len(probs), len(thresholds), len(areas), 3), dtype=np.int64)
         for t, threshold in enumerate(thresholds):
             for i, (p, true) in enumerate(zip(probs, references)):
@@ -182,21 +205,7 @@ class SegmentationTask:
                 # split of each remaining type component depends on that component only: split once,
                 # then count per area (the same lesions as remove_small_lesions followed by a split)
                 per_photo[i, t] = match_counts_by_area(true, pred, predicted_instances(pred, **split), areas, iou_threshold)
-            for area, (matched, n_true, n_pred) in zip(areas, per_photo[:, t].sum(axis=0).tolist()):
-                table.append({"lesion_threshold": threshold, "min_lesion_area": area,
-                              "f1": 2 * matched / (n_true + n_pred) if n_true + n_pred else 0.0,
-                              "recall": matched / n_true if n_true else float("nan"),
-                              "precision": matched / n_pred if n_pred else float("nan")})
-        b = max(range(len(table)), key=lambda k: table[k]["f1"])  # first of equals: lowest threshold, smallest area
-        best = table[b]
-        found, annotated = per_photo[:, b // len(areas), b % len(areas), 2], per_photo[:, b // len(areas), b % len(areas), 1]
-        self.tuned = {"tuned_on": "val", "objective": "lesion detection F1, any type", "n_images": len(probs),
-                      "lesion_threshold": best["lesion_threshold"], "min_lesion_area": best["min_lesion_area"],
-                      "val_f1": best["f1"], "val_recall": best["recall"], "val_precision": best["precision"],
-                      # at the chosen threshold and area: what the grade is read from (see fit_count_calibration)
-                      "count_calibration": fit_count_calibration(found, annotated, predict.get("count_calibration", "none")),
-                      "grid": table}
-        return self.tuned
+        return per_photo, thresholds, areas
 
     def label_maps(self, model, frame, device, amp_dtype=None):
         model.eval()
@@ -223,6 +232,16 @@ class SegmentationTask:
             rows.append({"image_id": image_id, "pred_mask_path": f"{MASK_DIR}/{image_id}.png",
                          "true_mask_path": str(resolve(true_path, self.mask_root))})
         return pd.DataFrame(rows)
+
+
+def best_grid_cell(per_photo: np.ndarray) -> tuple[int, int]:
+    """(threshold, area) indices of the grid cell with the best lesion detection F1 (any type) over
+    all photos of :meth:`SegmentationTask.grid_counts`; first of equals: the lowest threshold, then
+    the smallest area."""
+    matched, n_true, n_pred = np.moveaxis(per_photo.sum(axis=0), -1, 0)
+    f1 = np.divide(2 * matched, n_true + n_pred, out=np.zeros(matched.shape), where=n_true + n_pred > 0)
+    t, a = np.unravel_index(int(np.argmax(f1)), f1.shape)
+    return int(t), int(a)
 
 
 DEFAULT_TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
