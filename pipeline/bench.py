@@ -15,7 +15,9 @@ Measured in one process, side by side, so that ratios hold on a busy machine:
 (c) ``--losses``: forward+backward time of every registered loss against plain cross-entropy at
     the same shapes: classification 256 x 7 logits, segmentation 8 x 7 x 256 x 256.
 
-Each timing is the median over its steps after ``--warmup`` untimed ones (CUDA: synchronised).
+(a) and (b) are rates over all their timed steps after ``--warmup`` untimed ones (CUDA: synchronised),
+with the median step beside them: a loader that cannot keep up serves its prefetched batches at once,
+then stalls, and a median step hides the stall an epoch pays. Loss timings (c) are medians.
 Nothing is written under the run's results folder: training state goes to a temporary folder.
 """
 
@@ -76,7 +78,9 @@ def pipeline_throughput(trainer, steps: int, warmup: int) -> dict[str, Any]:
     for i in range(warmup + steps):
         started = time.perf_counter()
         inputs, targets = next(batches)
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        loader_dtype = inputs.dtype  # uint8 with train.normalise_on_device
+        inputs = trainer.device_inputs(inputs)
+        targets = targets.to(device, non_blocking=True)
         _sync(device)
         got = time.perf_counter()
         _step(trainer, inputs, targets)
@@ -85,9 +89,12 @@ def pipeline_throughput(trainer, steps: int, warmup: int) -> dict[str, Any]:
             waits.append(got - started)
             totals.append(time.perf_counter() - started)
             batch_size = len(targets)
-    step = statistics.median(totals)
-    return {"images_per_second": batch_size / step, "step_ms": 1e3 * step, "data_wait_ms": 1e3 * statistics.median(waits),
-            "data_wait_share": sum(waits) / sum(totals), "batch_size": batch_size, "input_shape": list(inputs.shape),
+    # the rate over all timed steps, not the median step: a loader that cannot keep up serves its
+    # prefetched batches at once and then stalls, which a median hides (what an epoch sees is the sum)
+    return {"images_per_second": batch_size * len(totals) / sum(totals), "step_ms": 1e3 * sum(totals) / len(totals),
+            "median_step_ms": 1e3 * statistics.median(totals), "data_wait_ms": 1e3 * sum(waits) / len(waits),
+            "median_data_wait_ms": 1e3 * statistics.median(waits), "data_wait_share": sum(waits) / sum(totals),
+            "batch_size": batch_size, "input_shape": list(inputs.shape), "loader_dtype": str(loader_dtype).replace("torch.", ""),
             "target_shape": list(targets.shape)}
 
 
@@ -95,7 +102,7 @@ def model_limit(trainer, input_shape: list[int], target_shape: list[int], steps:
     """(b): the same model, loss and optimizer on random tensors already on the device."""
     device = trainer.device
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(input_shape, generator=generator).to(device)
+    inputs = torch.randn(input_shape, generator=generator).to(device, memory_format=trainer.memory_format)
     high = int(trainer.task.num_outputs)
     targets = torch.randint(0, high, tuple(target_shape), generator=generator).to(device)
     trainer.net.train()
@@ -106,8 +113,8 @@ def model_limit(trainer, input_shape: list[int], target_shape: list[int], steps:
         _sync(device)
         if i >= warmup:
             totals.append(time.perf_counter() - started)
-    step = statistics.median(totals)
-    return {"images_per_second": input_shape[0] / step, "step_ms": 1e3 * step}
+    return {"images_per_second": input_shape[0] * len(totals) / sum(totals), "step_ms": 1e3 * sum(totals) / len(totals),
+            "median_step_ms": 1e3 * statistics.median(totals)}
 
 
 def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
@@ -171,6 +178,10 @@ def bench(cfg: dict, *, steps: int = 40, warmup: int = 5, workers: int | None = 
     result = {
         "experiment": cfg["experiment"], "task": cfg["task"], "model": cfg["model"], "loss": cfg["loss"]["name"],
         "sampler": cfg["sampler"]["name"], "decode_cache": cfg["train"].get("decode_cache"), "device": str(trainer.device), "num_workers": trainer.num_workers,
+        "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",
+        "channels_last": trainer.memory_format == torch.channels_last,
+        "normalise_on_device": trainer.input_transform is not None,
+        "fused_optimizer": bool(trainer.optimizer.defaults.get("fused")),
         "torch_threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
         "pipeline": real, "model_limit": limit,
         "ratio_pipeline_to_limit": real["images_per_second"] / limit["images_per_second"],
@@ -185,9 +196,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     real, limit = result["pipeline"], result["model_limit"]
     lines = [f"{result['experiment']} on {result['device']} ({result['num_workers']} loader workers, "
              f"{result['torch_threads']} threads), batch {real['batch_size']}, input {real['input_shape']}",
-             f"(a) pipeline:     {real['images_per_second']:8.1f} images/s  step {real['step_ms']:.1f} ms, "
-             f"waiting for data {real['data_wait_ms']:.1f} ms ({real['data_wait_share']:.0%})",
-             f"(b) model limit:  {limit['images_per_second']:8.1f} images/s  step {limit['step_ms']:.1f} ms",
+             f"(a) pipeline:     {real['images_per_second']:8.1f} images/s  mean step {real['step_ms']:.1f} ms "
+             f"(median {real['median_step_ms']:.1f}), waiting for data {real['data_wait_ms']:.1f} ms a step "
+             f"({real['data_wait_share']:.0%} of the time)",
+             f"(b) model limit:  {limit['images_per_second']:8.1f} images/s  mean step {limit['step_ms']:.1f} ms "
+             f"(median {limit['median_step_ms']:.1f})",
              f"    ratio (a)/(b): {result['ratio_pipeline_to_limit']:.2f}"]
     for task, block in result.get("losses", {}).items():
         lines.append(f"(c) {task} losses, forward+backward at {block['shape']} (x CE):")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline import config as cfgmod
 from pipeline import rundir
-from pipeline.errors import DataError, PipelineError
+from pipeline.errors import ConfigError, DataError, PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -151,12 +151,29 @@ def cmd_export(args) -> None:
     log.info("wrote %s", path)
 
 
+def set_dotted(run: dict, item: str) -> None:
+    """``train.channels_last=false`` -> run["train"]["channels_last"] = False; only settings the
+    resolved run already has (a typo is an error, not a silently ignored key)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    *parents, leaf = key.split(".")
+    node = run
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not sep or not isinstance(node, dict) or leaf not in node:
+        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE naming a setting of the resolved run")
+    node[leaf] = yaml.safe_load(value)
+
+
 def cmd_bench(args) -> None:
     from pipeline.bench import bench, summary_lines, write_result
 
     run = _run_config(args)
     if args.no_decode_cache:
         run["train"]["decode_cache"] = None
+    for item in args.set:  # a variant of the run measured without editing its config
+        set_dotted(run, item)
     result = bench(run, steps=args.steps, warmup=args.warmup, workers=args.workers,
                    losses=args.losses, threads=args.threads)
     print("\n".join(summary_lines(result)))
@@ -302,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--losses", action="store_true", help="also time every loss against CE (classification 256x7, "
                                                          "segmentation 8x7x256x256)")
     p.add_argument("--no-decode-cache", action="store_true", help="decode every image each time (what the cache saves)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override an existing setting of the resolved run, value read as YAML "
+                        "(e.g. train.channels_last=false); repeatable")
     p.add_argument("--out", help="write the figures as JSON here")
     p = sub.add_parser("compare", help="comparison table and report across experiments")
     p.add_argument("--config", help="workflow config YAML (all its experiments and seeds)")

@@ -34,10 +34,11 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "loss": {"name": "ce"},
         "sampler": {"name": "none"},
         "train": {
-            "epochs": 10, "batch_size": 32, "image_size": 64, "crop_pct": 1.0, "augment": True, "amp": "auto",
+            "epochs": 10, "batch_size": 32, "image_size": 64, "crop_pct": 1.0, "augment": True, "amp": "auto", "channels_last": "auto",
+            "normalise_on_device": "auto",  # uint8 batches to the GPU, normalised there (pipeline/training.py)
             "decode_cache": "data/cache",  # decode each image once (pipeline/data/cache.py); null: per item
             "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
-            "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+            "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "fused": "auto"},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
         # saliency: Grad-CAM++ overlays of the report's boundary-case galleries (pipeline/saliency.py)
@@ -51,8 +52,8 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "sampler": {"name": "none"},
         "train": {
             "epochs": 20, "batch_size": 16, "patch_size": 64, "patches_per_image": 4, "augment": True,
-            "amp": "auto", "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
-            "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+            "amp": "auto", "channels_last": "auto", "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
+            "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "fused": "auto"},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
         # instance_vote: one type per lesion; per-pixel types left fringes of another type around

@@ -24,14 +24,25 @@ def _sgd(spec: dict, params, lr: float, weight_decay: float) -> torch.optim.Opti
                            nesterov=spec.get("nesterov", False))
 
 
+def _fused(spec: dict, params: list) -> bool | None:
+    """``fused``: auto = PyTorch's fused (one kernel) Adam/AdamW step when every parameter is on
+    CUDA, else its default (foreach on the CPU: results unchanged there)."""
+    fused = spec.get("fused", "auto")
+    if fused == "auto":
+        return True if params and all(p.is_cuda for p in params) else None
+    return bool(fused)
+
+
 @OPTIMIZERS.register("adam")
 def _adam(spec: dict, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    params = list(params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=_fused(spec, params))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(spec: dict, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    params = list(params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=_fused(spec, params))
 
 
 def build_optimizer(spec: dict, params) -> torch.optim.Optimizer:

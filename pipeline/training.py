@@ -6,6 +6,8 @@ on the validation split (never on test), progress lines and a per-epoch history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import logging
 import math
 import os
@@ -52,6 +54,17 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
     return device
+
+
+def tcfg_flag(value: str | bool, device: torch.device) -> bool:
+    """A train setting that is true, false or auto (= on CUDA)."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.memory_format:
+    """channels_last (NHWC) on CUDA under ``auto``: cuDNN's convolutions in bf16/fp16 run on tensor
+    cores without layout transposes (PyTorch's channels-last tutorial); on the CPU the default layout."""
+    return torch.channels_last if tcfg_flag(channels_last, device) else torch.contiguous_format
 
 
 def amp_dtype_for(device: torch.device, amp: str | bool) -> torch.dtype | None:
@@ -109,6 +122,15 @@ class Trainer:
     steps_per_epoch: int
     run_id: str
     sync_every: int = 1  # steps between host reads of the loss (every step on CPU; 50 on GPU)
+    memory_format: torch.memory_format = torch.contiguous_format  # of the model and its input batches
+    input_transform: Callable | None = None  # applied to each input batch on the device (normalise_on_device)
+
+    def device_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A loader batch on the device, in the model's memory layout (normalised there if asked)."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.input_transform is not None:
+            inputs = self.input_transform(inputs)
+        return inputs.contiguous(memory_format=self.memory_format)
 
     @property
     def is_main(self) -> bool:
@@ -145,11 +167,16 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     train_frame = frame[frame["split"] == "train"].reset_index(drop=True)
     val_frame = frame[frame["split"] == "val"].reset_index(drop=True)
 
-    model = task.build_model().to(device)
+    memory_format = memory_format_for(device, cfg["train"].get("channels_last", "auto"))
+    model = task.build_model().to(device, memory_format=memory_format)
     counts = task.class_counts(train_frame)
     loss_spec = dict(cfg["loss"])
     criterion = build_loss(loss_spec.pop("name"), num_classes=task.num_outputs, class_counts=counts, **loss_spec).to(device)
-    dataset = task.train_dataset(train_frame, model, seed)
+    # train.normalise_on_device (auto: on CUDA, for a task that can): uint8 batches cross to the
+    # device and are normalised there; on the CPU the same arithmetic in the loader (same numbers)
+    on_device = tcfg_flag(cfg["train"].get("normalise_on_device", "auto"), device) and hasattr(task, "batch_normaliser")
+    dataset = task.train_dataset(train_frame, model, seed, normalise=False) if on_device else task.train_dataset(train_frame, model, seed)
+    input_transform = task.batch_normaliser(model) if on_device else None
     sampler = task.train_sampler(dataset, seed, world_size, rank)
     shuffle_generator = torch.Generator()
     if sampler is None and world_size > 1:  # plain shuffling, sharded across torchrun ranks
@@ -178,7 +205,8 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
                    shuffle_generator=shuffle_generator, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                    val_frame=val_frame, class_counts=counts, num_workers=num_workers,
                    steps_per_epoch=steps_per_epoch, run_id=fingerprint(cfg),
-                   sync_every=1 if device.type == "cpu" else 50)
+                   sync_every=1 if device.type == "cpu" else 50, memory_format=memory_format,
+                   input_transform=input_transform)
 
 
 def resume(trainer: Trainer) -> dict:
@@ -241,7 +269,7 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
         step = state["global_step"]
         if hasattr(criterion, "set_step"):
             criterion.set_step(step, total_steps, steps_per_epoch=steps_per_epoch)
-        inputs = inputs.to(trainer.device, non_blocking=True)
+        inputs = trainer.device_inputs(inputs)
         targets = targets.to(trainer.device, non_blocking=True)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = trainer.net(inputs)

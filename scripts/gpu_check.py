@@ -9,15 +9,17 @@ CPU figures use. Stages, in order of value; each is logged to OUT/logs/<stage>.l
 does not stop the next, and the whole run keeps to --budget seconds:
 
 1. `test_cuda`: tests/test_cuda.py (every loss on CUDA against float64 on the CPU, bf16 autocast,
-   training and prediction on the GPU).
-2. `bench_seg`: `pipeline bench` of configs/acne04_gpu.yaml (pipeline against model limit, loss costs).
-3. ACNE04 at full resolution, configs/acne04_gpu.yaml's Dice+CE, its seeds trained side by side on
+   channels-last and the fused optimizer, training and prediction on the GPU).
+2. `bench_cls`: `pipeline bench` of HAM10000 JPEGs on a ResNet-50 at 224 px, batch 128 (issue 8's
+   ISIC-sized input). The 70 sample JPEGs give 42 training rows; `--ham-manifests` names a folder whose
+   ham10000.split.csv lists them 25 times (1,050 rows, decoded into the decode cache before the timing).
+3. `bench_seg`: `pipeline bench` of configs/acne04_gpu.yaml (pipeline against model limit).
+4. ACNE04 at full resolution, configs/acne04_gpu.yaml's Dice+CE, its seeds trained side by side on
    the one GPU, then predicted (post-processing chosen on validation) and evaluated on the held-out
-   test photos. If the bench's step rate says the configured epochs cannot finish inside the budget,
-   fewer epochs are trained and the summary says so (`epochs_run`).
-4. `bench_cls`: `pipeline bench` of HAM10000 JPEGs at 224 px on a ResNet-50 (an ISIC-sized input).
+   test photos. `--epochs` asks for a longer schedule than the config's; if the bench's step rate says
+   the epochs cannot finish inside the budget, fewer are trained and the summary says so (`epochs_run`).
 5. `tests_on_gpu`: the training, prediction, saliency, export, task and loss tests, with the GPU
-   visible (train.device "auto" then trains on it).
+   visible (train.device "auto" then trains on it), when time is left.
 
 OUT/summary.json holds every stage's exit code and seconds and the figures; OUT/gpu_check.tar.gz the
 logs, bench files and each run's metrics.json, postprocessing.json, history.csv and
@@ -41,8 +43,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "acne04_dice_ce"
 # time kept for the ACNE04 predict and evaluate stages: on an H200 machine (16 cores) choosing the
-# post-processing on validation took about 165 s a seed, three side by side, and the test photos 9 s
-PREDICT_S, EVALUATE_S = 240, 60
+# post-processing on validation took about 165 s a seed in one process each, three side by side, and
+# the test photos 9 s; the grid now spreads its photos over the stage's threads (5 processes a seed)
+PREDICT_S, EVALUATE_S = 100, 45
 
 
 class Stages:
@@ -128,8 +131,25 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget", type=float, default=560.0, help="seconds for the whole run")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="ACNE04 epochs to aim for (default: the config's); fewer when the budget says so")
+    parser.add_argument("--ham-manifests", type=Path, default=None,
+                        help="folder holding ham10000.csv / ham10000.split.csv for the classification bench "
+                             "(default: prepared and split here)")
+    parser.add_argument("--stages", default="all",
+                        help="comma-separated subset of env,test_cuda,bench_cls,bench_seg,acne04,tests_on_gpu")
+    parser.add_argument("--layout-ab", type=int, default=0, metavar="ROUNDS",
+                        help="each bench also as the 'off' variant (--ab-off; by default the layout, optimizer step "
+                             "and normalisation before issue 8's GPU work), alternated with the default for ROUNDS rounds")
+    parser.add_argument("--ab-off", default="train.channels_last=false,train.optimizer.fused=false,train.normalise_on_device=false",
+                        help="comma-separated KEY=VALUE settings of the 'off' variant of --layout-ab")
+    parser.add_argument("--bench-steps", type=int, default=25, help="timed steps of each bench")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    wanted = set(args.stages.split(",")) if args.stages != "all" else None
+
+    def want(stage: str) -> bool:
+        return wanted is None or stage in wanted
     data, out = args.data.resolve(), args.out.resolve()
     work = REPO / ".gpuwork"
     work.mkdir(exist_ok=True)
@@ -137,42 +157,84 @@ def main() -> int:
     env = {"PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p), "PYTHONUNBUFFERED": "1"}
     smoke = args.smoke
     cores = os.cpu_count() or 2
+    steps, warmup = ("3", "1") if smoke else (str(args.bench_steps), "8")
 
-    stages.run("env", [[sys.executable, "-c", "import torch, timm, segmentation_models_pytorch as smp, monai; "
-                        "print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), "
-                        "torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', "
-                        "timm.__version__, smp.__version__, monai.__version__)"]], 60, env)
-    stages.run("test_cuda", [[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]], 120, env)
+    def bench_stage(name: str, command: list[str], out_json: Path, timeout: float) -> None:
+        """The bench, or with --layout-ab the 'before' variant and the default alternated (side by side)."""
+        if not args.layout_ab:
+            stages.run(name, [command + ["--out", str(out_json)]], timeout, env)
+            return
+        off = [item for setting in args.ab_off.split(",") for item in ("--set", setting)]
+        for round_ in range(args.layout_ab):
+            for variant, extra in (("off", off), ("on", [])):
+                target = out_json.with_name(f"{out_json.stem}_{variant}{round_}.json")
+                stages.run(f"{name}_{variant}{round_}", [command + extra + ["--out", str(target)]], timeout, env)
+                if target.exists():
+                    stages.summary["figures"][target.stem] = json.loads(target.read_text())
+
+    if want("env"):
+        stages.run("env", [[sys.executable, "-c", "import torch, timm, segmentation_models_pytorch as smp, monai; "
+                            "print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), "
+                            "torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', "
+                            "timm.__version__, smp.__version__, monai.__version__)"]], 60, env)
+    if want("test_cuda"):
+        stages.run("test_cuda", [[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]], 120, env)
+
+    # --- (issue 8) classification at an ISIC-sized input: ResNet-50, 224 px, batch 128, bf16 autocast,
+    # channels-last and the fused AdamW step (train.channels_last / optimizer.fused: auto on CUDA)
+    def ham_gpu(config: dict) -> None:
+        if args.ham_manifests:
+            config["manifests_dir"] = str(args.ham_manifests.resolve())
+        config["defaults"]["classification"].update(model={"name": "resnet50" if not smoke else "resnet10t"})
+        config["defaults"]["classification"]["train"].update(image_size=224 if not smoke else 32, batch_size=128,
+                                                             decode_cache=str(work / "cache"))
+    write_config(REPO / "configs" / "ham10000.yaml", work / "ham10000.yaml", data, smoke, ham_gpu)
+    ham = str(work / "ham10000.yaml")
+    if not args.ham_manifests and want("bench_cls"):
+        stages.run("ham_prepare", [pipeline_cli("prepare", "--config", ham, "--dataset", "ham10000")], 30, env)
+        stages.run("ham_split", [pipeline_cli("split", "--config", ham, "--dataset", "ham10000")], 30, env)
+    bench_cls = out / "bench_cls.json"
+    if want("bench_cls"):
+        bench_stage("bench_cls", pipeline_cli("bench", "--config", ham, "--experiment", "ham_ce", "--steps", steps,
+                                              "--warmup", warmup, "--workers", str(cores - 2), "--threads", str(cores)),
+                    bench_cls, 100)
+    if bench_cls.exists():
+        stages.summary["figures"]["bench_cls"] = json.loads(bench_cls.read_text())
 
     # --- ACNE04 with the GPU recipe: bench first, its step rate sizes the training to the budget
     acne_cfg = write_config(REPO / "configs" / "acne04_gpu.yaml", work / "acne04_gpu.yaml", data, smoke)
     seeds = acne_cfg["seeds"]
     threads = max(cores // len(seeds), 2)
     bench_seg = out / "bench_seg.json"
-    stages.run("bench_seg", [pipeline_cli("bench", "--config", str(work / "acne04_gpu.yaml"), "--experiment", EXPERIMENT,
-                                          "--steps", "5" if smoke else "25", "--warmup", "2" if smoke else "8",
-                                          "--workers", str(threads - 1), "--threads", str(threads), "--losses",
-                                          "--out", str(bench_seg))], 150, env)
+    if want("bench_seg"):
+        bench_stage("bench_seg", pipeline_cli("bench", "--config", str(work / "acne04_gpu.yaml"), "--experiment",
+                                              EXPERIMENT, "--steps", steps, "--warmup", warmup, "--workers",
+                                              str(threads - 1), "--threads", str(threads)), bench_seg, 90)
+    if not want("acne04"):
+        return finish(stages, out, None, {})
     train = acne_cfg["defaults"]["segmentation"]["train"]
-    epochs = train["epochs"]
-    if bench_seg.exists() and not smoke:
+    epochs = args.epochs or train["epochs"]
+    if bench_seg.exists():
         figures = json.loads(bench_seg.read_text())
         stages.summary["figures"]["bench_seg"] = figures
+    if bench_seg.exists() and not smoke:
         rate = 1e3 / figures["pipeline"]["step_ms"]  # one process, synchronised each step
-        # the seeds share the GPU: assume together only 1.5x one process's rate (conservative)
+        # stop 17: three seeds side by side, start-up and validation included, made together about the
+        # step rate of one process alone (20 epochs of 114 steps in 208 s at 32 steps/s)
         n_train = int(pd.read_csv(REPO / acne_cfg["manifests_dir"] / "acne04.split.csv")["split"].eq("train").sum())
         steps_per_epoch = n_train * train["patches_per_image"] // train["batch_size"]
-        # leave PREDICT_S + EVALUATE_S + 20 s for prediction and evaluation
-        fit = int((stages.left() - PREDICT_S - EVALUATE_S - 20) * 1.5 * rate / (len(seeds) * steps_per_epoch * 1.15))
-        if fit < epochs:
-            epochs = max(fit // 10 * 10, 10)
-            write_config(REPO / "configs" / "acne04_gpu.yaml", work / "acne04_gpu.yaml", data, smoke,
-                         lambda c: c["defaults"]["segmentation"]["train"].update(epochs=epochs, val_every=max(epochs // 6, 1)))
-    stages.record("acne04", epochs_configured=train["epochs"], epochs_run=epochs, seeds=seeds)
+        fit = int((stages.left() - PREDICT_S - EVALUATE_S - 20) * rate / (len(seeds) * steps_per_epoch))
+        epochs = max(min(epochs, fit // 5 * 5), 10)
+    if epochs != train["epochs"] or smoke:
+        write_config(REPO / "configs" / "acne04_gpu.yaml", work / "acne04_gpu.yaml", data, smoke,
+                     lambda c: c["defaults"]["segmentation"]["train"].update(
+                         epochs=epochs if not smoke else 1, val_every=max(epochs // 6, 1) if not smoke else 1))
+    stages.record("acne04", epochs_configured=train["epochs"], epochs_asked=args.epochs, epochs_run=epochs, seeds=seeds)
     config = str(work / "acne04_gpu.yaml")
     stages.run("acne04_train", [pipeline_cli("train", "--config", config, "--experiment", EXPERIMENT, "--seed", str(s),
                                              "--threads", str(threads)) for s in seeds],
                stages.left() - PREDICT_S - EVALUATE_S - 10, env)
+    # the tuning grid spreads its photos over OMP_NUM_THREADS worker processes
     omp = {**env, "OMP_NUM_THREADS": str(threads)}
     stages.run("acne04_predict", [pipeline_cli("predict", "--config", config, "--experiment", EXPERIMENT, "--seed", str(s))
                                   for s in seeds], PREDICT_S, omp)
@@ -188,38 +250,28 @@ def main() -> int:
     stages.summary["figures"]["acne04_gpu"] = runs
     stages.record("acne04", done=True)
 
-    # --- classification data path at an ISIC-sized input, when time is left
-    def ham_gpu(config: dict) -> None:
-        config["defaults"]["classification"].update(model={"name": "resnet50"})
-        config["defaults"]["classification"]["train"].update(image_size=224, batch_size=64)
-    write_config(REPO / "configs" / "ham10000.yaml", work / "ham10000.yaml", data, smoke, ham_gpu)
-    ham = str(work / "ham10000.yaml")
-    bench_cls = out / "bench_cls.json"
-    if stages.left() < 75:
-        stages.record("bench_cls", skipped=f"{stages.left():.0f} s left")
-    else:
-        stages.run("ham_prepare", [pipeline_cli("prepare", "--config", ham, "--dataset", "ham10000")], 30, env)
-        stages.run("ham_split", [pipeline_cli("split", "--config", ham, "--dataset", "ham10000")], 30, env)
-        stages.run("bench_cls", [pipeline_cli("bench", "--config", ham, "--experiment", "ham_ce",
-                                              "--steps", "5" if smoke else "25", "--warmup", "2" if smoke else "8",
-                                              "--workers", str(cores - 2), "--threads", str(cores), "--losses",
-                                              "--out", str(bench_cls))], 90, env)
-    if bench_cls.exists():
-        stages.summary["figures"]["bench_cls"] = json.loads(bench_cls.read_text())
-
-    if stages.left() > 40:
+    if stages.left() > 40 and want("tests_on_gpu"):
         stages.run("tests_on_gpu", [[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
                                      "tests/losses", "tests/tasks", "tests/test_training.py", "tests/test_predict.py",
                                      "tests/test_saliency.py", "tests/test_export.py", "tests/test_sampling.py"]],
                    stages.left() - 15, env)
-    stages.record("total", seconds=round(time.monotonic() - stages.start, 1))
+    return finish(stages, out, results, runs)
 
+
+def finish(stages: Stages, out: Path, results: Path | None, runs: dict) -> int:
+    stages.record("total", seconds=round(time.monotonic() - stages.start, 1))
     with tarfile.open(out / "gpu_check.tar.gz", "w:gz") as tar:
         tar.add(out / "logs", arcname="logs")
-        for path in sorted(results.glob("seed*/*")):
-            if path.name in ("metrics.json", "postprocessing.json", "history.csv", "training_summary.json", "run.yaml"):
+        for path in sorted(results.glob("seed*/*")) if results else []:
+            if path.name in ("metrics.json", "postprocessing.json", "history.csv", "training_summary.json", "run.yaml",
+                             "per_image.csv"):
                 tar.add(path, arcname=f"acne04_gpu/{path.parent.name}/{path.name}")
     print(json.dumps(stages.summary["stages"], default=str))
+    for name, f in stages.summary["figures"].items():
+        if name.startswith("bench_"):
+            print(name, json.dumps({k: f[k] for k in ("amp", "channels_last", "fused_optimizer", "normalise_on_device", "num_workers",
+                                                      "ratio_pipeline_to_limit") if k in f}),
+                  json.dumps(f["pipeline"]), json.dumps(f["model_limit"]))
     for seed, figures in runs.items():
         print(seed, json.dumps(figures, default=str))
     return 0

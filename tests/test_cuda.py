@@ -76,6 +76,13 @@ def test_a_classifier_trains_and_predicts_on_cuda_and_its_checkpoint_runs_on_the
     assert summary["device"].startswith("cuda") and summary["steps"] > 0
     losses = [row["train_loss"] for row in summary["history"]]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    # on CUDA `auto` gives the channels-last layout and the fused AdamW step (cfg: channels_last, fused)
+    trainer = training.setup(tiny_classification_run(tmp_path / "setup", device="cuda"), threads=1)
+    assert trainer.memory_format == torch.channels_last and trainer.optimizer.defaults["fused"] is True
+    inputs, _ = next(iter(trainer.loader))  # uint8 from the loader, normalised on the GPU
+    assert inputs.dtype == torch.uint8 and trainer.device_inputs(inputs).dtype == torch.float32
+    assert trainer.device_inputs(inputs).is_cuda
+    assert next(trainer.model.parameters()).is_cuda
     frame = pd.read_csv(predict.predict_run(run))
     probabilities = frame[["prob_A", "prob_B", "prob_C"]].to_numpy()
     assert abs(probabilities.sum(axis=1) - 1).max() < 1e-3

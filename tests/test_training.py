@@ -214,3 +214,35 @@ def test_tensorboard_logs_what_history_and_loss_weights_record_without_changing_
     weights = pd.read_csv(run_dir / "loss_weights.csv")
     for i, name in enumerate(("A", "B", "C")):
         assert [event.value for event in events.Scalars(f"loss_weight/{name}")] == pytest.approx(weights[f"w{i}"].tolist(), rel=1e-4)
+
+
+def test_on_the_cpu_auto_keeps_the_default_layout_and_optimizer(tmp_path):
+    trainer = training.setup(tiny_classification_run(tmp_path), threads=1)
+    assert trainer.memory_format == torch.contiguous_format
+    assert not trainer.optimizer.defaults.get("fused")  # PyTorch's default (foreach) step on the CPU
+
+
+def test_channels_last_trains_the_same_model_as_the_default_layout(tmp_path):
+    # the layout changes how convolutions walk memory, not what they compute: the same losses to
+    # float32 rounding (checked on the CPU, where `auto` leaves it off; on CUDA it is on, tests/test_cuda.py)
+    default = training.train(run_with(tmp_path / "nchw"), threads=1)
+    nhwc = training.train(run_with(tmp_path / "nhwc", channels_last=True), threads=1)
+    (first, second), (first_nhwc, second_nhwc) = ([row["train_loss"] for row in run["history"]] for run in (default, nhwc))
+    assert first_nhwc == pytest.approx(first, rel=1e-4)
+    assert second_nhwc == pytest.approx(second, rel=2e-2)  # rounding differences grow with each step (lr 0.01)
+    weights = state(tmp_path / "nhwc" / "results" / "tiny_ce" / "seed0" / "checkpoints" / "last.pt")["model"]
+    assert any(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+               for t in weights.values())
+
+
+def test_normalising_on_the_device_trains_the_same_model_bit_for_bit(tmp_path):
+    # uint8 batches normalised after the transfer (the default on CUDA) against the loader's float path
+    default = training.train(run_with(tmp_path / "loader"), threads=1)
+    trainer = training.setup(run_with(tmp_path / "probe", normalise_on_device=True), threads=1)
+    inputs, _ = next(iter(trainer.loader))
+    assert inputs.dtype == torch.uint8 and trainer.device_inputs(inputs).dtype == torch.float32
+    on_device = training.train(run_with(tmp_path / "device", normalise_on_device=True), threads=1)
+    assert [row["train_loss"] for row in on_device["history"]] == [row["train_loss"] for row in default["history"]]
+    weights = [state(tmp_path / name / "results" / "tiny_ce" / "seed0" / "checkpoints" / "last.pt")["model"]
+               for name in ("loader", "device")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

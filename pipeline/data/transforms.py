@@ -15,8 +15,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def classification_transform(image_size: int, *, train: bool, augment: bool | str = True, crop_pct: float = 1.0,
-                             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """uint8 HWC numpy -> normalised float CHW tensor, ``image_size`` square.
+                             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                             normalise: bool = True) -> v2.Compose:
+    """uint8 HWC numpy -> normalised float CHW tensor, ``image_size`` square (``normalise=False``:
+    the uint8 CHW tensor before normalisation, for :func:`normalise_batch` on the device).
 
     ``augment`` (training only): True = RandomResizedCrop of 70-100% of the area at aspect 0.9-1.1
     (the image is cropped, never stretched), flips, 90° rotations and colour jitter; ``"flips"`` =
@@ -51,8 +53,19 @@ def classification_transform(image_size: int, *, train: bool, augment: bool | st
         if train and augment == "flips":
             steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
                       v2.RandomApply([v2.RandomRotation(degrees=(90, 90))], p=0.5)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if normalise:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
+
+
+def normalise_batch(batch: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> normalised float32, by the same two functions as the per-image path of
+    :func:`classification_transform` (so the same numbers). On a GPU the loader then moves uint8
+    batches, a quarter of the float32 bytes through worker queues, pinned memory and the bus, and
+    the arithmetic runs on the device (what timm's PrefetchLoader does)."""
+    batch = v2.functional.to_dtype(batch, torch.float32, scale=True)
+    return v2.functional.normalize(batch, mean=list(mean), std=list(std))
 
 
 def normalise_image(image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:

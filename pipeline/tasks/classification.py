@@ -3,6 +3,8 @@ and the post-hoc logit offsets the predict stage may fit on the validation split
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from torch.utils.data import DataLoader
 from pipeline import rundir
 from pipeline.data.datasets import ClassificationDataset
 from pipeline.data.manifest import class_counts
-from pipeline.data.transforms import classification_transform
+from pipeline.data.transforms import classification_transform, normalise_batch
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.losses import loss_head, loss_parameters
 from pipeline.models import HEADS, build_classifier
@@ -158,11 +160,17 @@ class ClassificationTask:
     def class_counts(self, train_frame: pd.DataFrame) -> list[int]:
         return class_counts(train_frame, self.classes)
 
-    def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int) -> ClassificationDataset:
+    def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int,
+                      normalise: bool = True) -> ClassificationDataset:
+        """``normalise=False``: uint8 inputs, normalised on the device by :meth:`batch_normaliser`."""
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=True, augment=train["augment"],
-                                             crop_pct=train["crop_pct"], **self._normalisation(model))
+                                             crop_pct=train["crop_pct"], normalise=normalise, **self._normalisation(model))
         return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed, cache_dir=self._cache_dir)
+
+    def batch_normaliser(self, model: torch.nn.Module):
+        """The normalisation the training dataset leaves out with ``normalise=False``, for a batch."""
+        return functools.partial(normalise_batch, **self._normalisation(model))
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):
         return build_sampler(self.cfg["sampler"], dataset.targets, self.classes, seed,

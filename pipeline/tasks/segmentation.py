@@ -176,8 +176,8 @@ class SegmentationTask:
                     amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[float], list[int]]:
         """(matched, annotated, found) lesions of each photo at each lesion threshold and minimum area
         of ``predict.tune_grid``: an int64 array (photo, threshold, area, 3), with the grid's values."""
-        from pipeline.evaluation.instances import predicted_instances, read_reference
-        from pipeline.evaluation.segmentation import lesion_components, match_counts_by_area
+        from pipeline.evaluation.instances import read_reference
+        from pipeline.evaluation.segmentation import lesion_components
 
         predict, evaluation = self.cfg["predict"], self.cfg["evaluation"]
         grid = predict.get("tune_grid") or {}
@@ -196,15 +196,21 @@ class SegmentationTask:
         # float16 keeps a validation set of 640-px photos in a few hundred MB
         probs = [self.probabilities(model, image, device, amp_dtype).astype(np.float16)
                  for image in progress(data.images, "validation photos for tuning", total=len(val_frame), unit="image")]
-        per_photo = np.zeros((len(probs), len(thresholds), len(areas), 3), dtype=np.int64)
-        for t, threshold in enumerate(thresholds):
-            for i, (p, true) in enumerate(zip(probs, references)):
-                pred = lesion_label_map(p.astype(np.float32), lesion_threshold=threshold, min_lesion_area=0,
-                                        lesion_types=lesion_types, split=split)
-                # Removing small lesions drops whole 8-connected components of the lesion union, and the
-                # split of each remaining type component depends on that component only: split once,
-                # then count per area (the same lesions as remove_small_lesions followed by a split)
-                per_photo[i, t] = match_counts_by_area(true, pred, predicted_instances(pred, **split), areas, iou_threshold)
+        rule = {"thresholds": thresholds, "areas": areas, "lesion_types": lesion_types, "split": split,
+                "iou_threshold": iou_threshold}
+        # the grid is CPU work (labelling, watershed, matching) per photo: spread the photos over the
+        # threads the stage was given (OMP_NUM_THREADS / --threads; one under the default run)
+        workers = min(torch.get_num_threads(), len(probs))
+        if workers > 1 and len(probs) * len(thresholds) >= PARALLEL_GRID_MIN_CELLS:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
+
+            # spawn, not fork: the parent may hold CUDA and OpenMP threads
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                counts = list(pool.map(photo_grid_counts, probs, references, [rule] * len(probs)))
+        else:
+            counts = [photo_grid_counts(p, true, rule) for p, true in zip(probs, references)]
+        per_photo = np.stack(counts) if counts else np.zeros((0, len(thresholds), len(areas), 3), dtype=np.int64)
         return per_photo, thresholds, areas
 
     def label_maps(self, model, frame, device, amp_dtype=None):
@@ -234,6 +240,27 @@ class SegmentationTask:
         return pd.DataFrame(rows)
 
 
+def photo_grid_counts(probs: np.ndarray, true, rule: dict) -> np.ndarray:
+    """(matched, annotated, found) lesions of one photo at each (threshold, area) of the tuning grid,
+    shape (thresholds, areas, 3); ``true`` is the photo's annotated lesion_components, ``rule`` the
+    grid and the evaluation's type and split rules (see :meth:`SegmentationTask.grid_counts`)."""
+    from pipeline.evaluation.instances import predicted_instances
+    from pipeline.evaluation.segmentation import match_counts_by_area
+
+    split = rule["split"]
+    counts = np.zeros((len(rule["thresholds"]), len(rule["areas"]), 3), dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float32)
+    for t, threshold in enumerate(rule["thresholds"]):
+        pred = lesion_label_map(probs, lesion_threshold=threshold, min_lesion_area=0,
+                                lesion_types=rule["lesion_types"], split=split)
+        # Removing small lesions drops whole 8-connected components of the lesion union, and the split
+        # of each remaining type component depends on that component only: split once, then count
+        # per area (the same lesions as remove_small_lesions followed by a split)
+        counts[t] = match_counts_by_area(true, pred, predicted_instances(pred, **split), rule["areas"],
+                                         rule["iou_threshold"])
+    return counts
+
+
 def best_grid_cell(per_photo: np.ndarray) -> tuple[int, int]:
     """(threshold, area) indices of the grid cell with the best lesion detection F1 (any type) over
     all photos of :meth:`SegmentationTask.grid_counts`; first of equals: the lowest threshold, then
@@ -244,6 +271,9 @@ def best_grid_cell(per_photo: np.ndarray) -> tuple[int, int]:
     return int(t), int(a)
 
 
+# a worker process costs seconds to start (spawn imports torch): worth it from about this many
+# (photo, threshold) cells, each a labelling, a watershed split and a matching (ACNE04: 55 x 11)
+PARALLEL_GRID_MIN_CELLS = 100
 DEFAULT_TUNE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49, 81, 121, 196, 289, 400)
 

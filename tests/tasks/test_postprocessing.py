@@ -155,3 +155,22 @@ def test_count_calibration_without_tuning_is_a_config_error(tmp_path):
     cfg["predict"]["tune_postprocessing"] = False
     with pytest.raises(ConfigError, match="count_calibration"):
         SegmentationTask(cfg)
+
+
+def test_tuning_grid_spread_over_processes_counts_what_one_process_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.tasks.segmentation.PARALLEL_GRID_MIN_CELLS", 1)  # 12 cells here
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame([_write_case(tmp_path, f"img{n}", rng, n_true=n) for n in (1, 2, 3, 4)])
+    grid = {"lesion_threshold": [0.3, 0.5, 0.9], "min_lesion_area": [1, 4, 25]}
+    task = SegmentationTask(_tuning_cfg(tmp_path, tune_grid=grid))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial, *_ = task.grid_counts(_RedIsLesion(), frame, torch.device("cpu"))
+        torch.set_num_threads(2)  # the stage's threads: two worker processes take the photos
+        spread, *_ = task.grid_counts(_RedIsLesion(), frame, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert serial.shape == (4, 3, 3, 3)
+    assert serial[:, 2, 0, 0].tolist() == [1, 2, 3, 4]  # at 0.9 each photo's true lesions are matched
+    assert np.array_equal(serial, spread)

@@ -1,0 +1,30 @@
+"""pipeline bench: the training path against the model alone, and variants set from the command line."""
+
+import pytest
+
+from pipeline.bench import bench, summary_lines
+from pipeline.cli import set_dotted
+from pipeline.errors import ConfigError
+from tests.helpers import tiny_classification_run
+
+
+def test_bench_reports_rates_over_all_timed_steps(tmp_path):
+    result = bench(tiny_classification_run(tmp_path, normalise_on_device=True), steps=4, warmup=1, threads=1)
+    real, limit = result["pipeline"], result["model_limit"]
+    assert real["batch_size"] == 8 and real["loader_dtype"] == "uint8" and result["normalise_on_device"]
+    # the rate is images over the summed step times, so rate x mean step = one batch
+    assert real["images_per_second"] * real["step_ms"] / 1e3 == pytest.approx(8)
+    assert 0 <= real["data_wait_share"] < 1 and real["median_step_ms"] > 0
+    assert result["ratio_pipeline_to_limit"] == pytest.approx(real["images_per_second"] / limit["images_per_second"])
+    assert not result["channels_last"] and not result["fused_optimizer"]  # the CPU defaults
+    assert any("ratio (a)/(b)" in line for line in summary_lines(result))
+
+
+def test_set_overrides_only_settings_the_run_has():
+    run = {"train": {"channels_last": "auto", "optimizer": {"name": "adamw", "fused": "auto"}}}
+    set_dotted(run, "train.channels_last=false")
+    set_dotted(run, "train.optimizer.fused=true")
+    assert run["train"] == {"channels_last": False, "optimizer": {"name": "adamw", "fused": True}}
+    for bad in ("train.chanels_last=false", "train.channels_last", "model.name=resnet18"):
+        with pytest.raises(ConfigError, match="--set"):
+            set_dotted(run, bad)
