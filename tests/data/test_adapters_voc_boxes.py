@@ -215,3 +215,31 @@ def test_config_errors(tmp_path: Path) -> None:
         build(tmp_path / "root", TYPES, tmp_path / "root" / "masks", subsets={"valid": None}, class_map={})
     with pytest.raises(ConfigError, match="inside the data root"):
         build(tmp_path / "root", TYPES, tmp_path / "root", subsets={"valid": None}, class_map={})
+
+
+def test_types_that_only_repeat_the_photo_grade_are_flagged(tmp_path: Path, caplog) -> None:
+    # levle0 photos hold only "pap" boxes and levle3 photos only "nod": the type is the grade
+    folder = tmp_path / "root" / "valid"
+    _voc(folder, "levle0_1_jpg.rf.a", [("pap", 2, 2, 10, 10), ("pap", 20, 20, 30, 30)])
+    _voc(folder, "levle3_2_jpg.rf.b", [("nod", 2, 2, 10, 10)])
+    with caplog.at_level("WARNING", logger="pipeline.data.adapters._common"):
+        _build(tmp_path)
+    assert "the types are the photos' severity grades" in caplog.text and "pap -> grade 0" in caplog.text
+    caplog.clear()
+    _voc(folder, "levle3_3_jpg.rf.c", [("pap", 2, 2, 10, 10)])  # a papule on a severe face: types carry information
+    with caplog.at_level("WARNING", logger="pipeline.data.adapters._common"):
+        _build(tmp_path)
+    assert "severity grades" not in caplog.text
+
+
+@pytest.mark.realdata
+def test_the_roboflow_acne04_types_are_the_photo_grades(real_data: Path) -> None:
+    # every box of a levle0 photo is "whitehead and blackhead", of levle1 "pustules", levle2 "papules",
+    # levle3 "nodules and cysts" (docs/BENCHMARKS.md §4b): read from the XML, independently of the adapter
+    from pipeline.data.adapters._common import acne04_grade, types_that_follow_grades
+
+    pairs = [(acne04_grade(xml.stem), m) for xml in sorted((real_data / "acne04_voc").glob("*/*.xml"))
+             for m in re.findall(r"<name>([^<]*)</name>", xml.read_text())]
+    assert len(pairs) == 3425 + 1737
+    assert types_that_follow_grades(pairs, "acne04_voc") == {
+        "whitehead and blackhead": 0, "pustules": 1, "papules": 2, "nodules and cysts": 3}

@@ -181,6 +181,32 @@ def acne04_grade(stem: str) -> int | str:
     return int(match.group("grade")) if match else ""
 
 
+def types_that_follow_grades(pairs: Iterable[tuple[Any, str]], where: str) -> dict[str, Any] | None:
+    """Warn when the lesion types of a data set are the photos' severity grades in disguise.
+
+    ``pairs``: (photo grade, lesion type) for every annotated lesion (photos without a grade are
+    skipped). When there are two or more types and each type occurs under exactly one grade, and
+    each grade has one type, a type says nothing a photo's grade does not: a per-type figure then
+    measures the photo's severity, not the lesion. The Roboflow export of ACNE04 in ../shared/data
+    is such a set (every box of a levle0 photo is "whitehead and blackhead", of levle3 "nodules and
+    cysts"; docs/BENCHMARKS.md §4b). Returns {type: grade} when so, else None.
+    """
+    grades_of: dict[str, set] = {}
+    for grade, lesion_type in pairs:
+        if grade != "" and grade is not None:
+            grades_of.setdefault(str(lesion_type), set()).add(grade)
+    if len(grades_of) < 2 or any(len(g) != 1 for g in grades_of.values()):
+        return None
+    mapping = {t: next(iter(g)) for t, g in sorted(grades_of.items())}
+    if len(set(mapping.values())) != len(mapping):
+        return None
+    logger.warning(
+        "%s: every lesion type occurs under one photo grade only (%s): the types are the photos' severity "
+        "grades, not lesion types; per-type figures on this data measure the grade",
+        where, ", ".join(f"{t} -> grade {g}" for t, g in mapping.items()))
+    return mapping
+
+
 # ---------------------------------------------------------------- tables
 def read_csv(path: Path, required: Iterable[str], what: str) -> pd.DataFrame:
     """Read a CSV with string columns kept as text; missing file or columns -> DataError."""

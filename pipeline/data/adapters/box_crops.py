@@ -59,6 +59,7 @@ from pipeline.data.adapters._common import (
     manifest_frame,
     parse_params,
     subset_folders,
+    types_that_follow_grades,
 )
 from pipeline.data.adapters.voc_boxes import clip_box, read_voc, voc_pairs
 from pipeline.data.io import read_rgb, write_png_atomic
@@ -185,4 +186,5 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
                 raise DataError(f"two images share the id {image.stem!r}: {seen[image.stem]} and {image}")
             seen[image.stem] = image
             rows += _photo_rows(xml, image, split, labels, root, geometry, options.source)
+    types_that_follow_grades(((row["grade"], row["label"]) for row in rows), f"adapter {ADAPTER!r} ({voc_root})")
     return manifest_frame(rows, "label", f"adapter {ADAPTER!r}")

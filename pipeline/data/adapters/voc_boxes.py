@@ -38,6 +38,7 @@ import pandas as pd
 from pipeline.data.adapters import ADAPTERS
 from pipeline.data.adapters._common import (
     Ellipse,
+    acne04_grade,
     acne04_original,
     check_classes,
     check_mask_root,
@@ -47,6 +48,7 @@ from pipeline.data.adapters._common import (
     manifest_frame,
     parse_params,
     subset_folders,
+    types_that_follow_grades,
     weak_mask_row,
 )
 from pipeline.data.io import read_image_size
@@ -124,9 +126,10 @@ def box_ellipse(obj: VocObject, value: int, width: int, height: int, path: Path,
 
 
 def _image_row(xml: Path, image: Path, split: str, values: dict[str, int], classes: list[str], root: Path,
-               mask_root: Path, source: str) -> dict[str, Any]:
+               mask_root: Path, source: str, typed: list[tuple[Any, str]]) -> dict[str, Any]:
     height, width = read_image_size(image)
     declared, objects = read_voc(xml)
+    typed += [(acne04_grade(image.stem), obj.name) for obj in objects]
     if declared is not None and declared != (width, height):
         raise DataError(f"VOC file {xml} declares a {declared[0]}x{declared[1]} image but {image} is {width}x{height}")
     ellipses = []
@@ -163,11 +166,13 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
     values = lesion_values(options.class_map, classes, ADAPTER)
 
     rows: list[dict[str, Any]] = []
+    typed: list[tuple[Any, str]] = []  # (photo grade, VOC name) of every box
     seen: dict[str, Path] = {}
     for folder, split in subset_folders(subsets, root):
         for xml, image in voc_pairs(folder):
             if image.stem in seen:
                 raise DataError(f"two images share the id {image.stem!r}: {seen[image.stem]} and {image}")
             seen[image.stem] = image
-            rows.append(_image_row(xml, image, split, values, classes, root, mask_root, options.source))
+            rows.append(_image_row(xml, image, split, values, classes, root, mask_root, options.source, typed))
+    types_that_follow_grades(typed, f"adapter {ADAPTER!r} ({root})")
     return manifest_frame(rows, "mask_path", f"adapter {ADAPTER!r}")
