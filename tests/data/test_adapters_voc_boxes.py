@@ -224,7 +224,7 @@ def test_types_that_only_repeat_the_photo_grade_are_flagged(tmp_path: Path, capl
     _voc(folder, "levle3_2_jpg.rf.b", [("nod", 2, 2, 10, 10)])
     with caplog.at_level("WARNING", logger="pipeline.data.adapters._common"):
         _build(tmp_path)
-    assert "the types are the photos' severity grades" in caplog.text and "pap -> grade 0" in caplog.text
+    assert "the types are the photos' severity grades" in caplog.text and "papule -> grade 0" in caplog.text
     caplog.clear()
     _voc(folder, "levle3_3_jpg.rf.c", [("pap", 2, 2, 10, 10)])  # a papule on a severe face: types carry information
     with caplog.at_level("WARNING", logger="pipeline.data.adapters._common"):

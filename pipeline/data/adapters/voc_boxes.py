@@ -174,5 +174,5 @@ def build(root: Path, classes: list[str], mask_root: Path, **params: Any) -> pd.
                 raise DataError(f"two images share the id {image.stem!r}: {seen[image.stem]} and {image}")
             seen[image.stem] = image
             rows.append(_image_row(xml, image, split, values, classes, root, mask_root, options.source, typed))
-    types_that_follow_grades(typed, f"adapter {ADAPTER!r} ({root})")
+    types_that_follow_grades(((grade, options.class_map[name]) for grade, name in typed), f"adapter {ADAPTER!r} ({root})")
     return manifest_frame(rows, "mask_path", f"adapter {ADAPTER!r}")
