@@ -6,13 +6,12 @@ on the validation split (never on test), progress lines and a per-epoch history.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +55,7 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def tcfg_flag(value: str | bool, device: torch.device) -> bool:
+def auto_flag(value: str | bool, device: torch.device) -> bool:
     """A train setting that is true, false or auto (= on CUDA)."""
     return device.type == "cuda" if value == "auto" else bool(value)
 
@@ -64,7 +63,7 @@ def tcfg_flag(value: str | bool, device: torch.device) -> bool:
 def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.memory_format:
     """channels_last (NHWC) on CUDA under ``auto``: cuDNN's convolutions in bf16/fp16 run on tensor
     cores without layout transposes (PyTorch's channels-last tutorial); on the CPU the default layout."""
-    return torch.channels_last if tcfg_flag(channels_last, device) else torch.contiguous_format
+    return torch.channels_last if auto_flag(channels_last, device) else torch.contiguous_format
 
 
 def amp_dtype_for(device: torch.device, amp: str | bool) -> torch.dtype | None:
@@ -174,8 +173,9 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     criterion = build_loss(loss_spec.pop("name"), num_classes=task.num_outputs, class_counts=counts, **loss_spec).to(device)
     # train.normalise_on_device (auto: on CUDA, for a task that can): uint8 batches cross to the
     # device and are normalised there; on the CPU the same arithmetic in the loader (same numbers)
-    on_device = tcfg_flag(cfg["train"].get("normalise_on_device", "auto"), device) and hasattr(task, "batch_normaliser")
-    dataset = task.train_dataset(train_frame, model, seed, normalise=False) if on_device else task.train_dataset(train_frame, model, seed)
+    on_device = auto_flag(cfg["train"].get("normalise_on_device", "auto"), device) and hasattr(task, "batch_normaliser")
+    dataset = (task.train_dataset(train_frame, model, seed, normalise=False) if on_device
+               else task.train_dataset(train_frame, model, seed))
     input_transform = task.batch_normaliser(model) if on_device else None
     sampler = task.train_sampler(dataset, seed, world_size, rank)
     shuffle_generator = torch.Generator()
