@@ -180,6 +180,20 @@ def write_predictions(table: pd.DataFrame, run_dir: str | os.PathLike[str], name
     return write_csv(table, Path(run_dir) / name)
 
 
+def _read_json_object(path: Path, hint: str = "") -> dict[str, Any] | None:
+    """A run file holding one JSON object, or None when it is absent; unreadable JSON or another JSON
+    type is a DataError naming the file (``hint`` says how to remake it)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}){hint}") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(record).__name__}{hint}")
+    return record
+
+
 # ---------------------------------------------------------------------------------- logit offsets
 def write_logit_offsets(record: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> Path:
     """logit_offsets.json: post-hoc offsets the predict stage fitted on the validation split and
@@ -191,12 +205,9 @@ def write_logit_offsets(record: Mapping[str, Any], run_dir: str | os.PathLike[st
 def read_logit_offsets(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The run's logit_offsets.json, or None when its predictions use no offsets."""
     path = Path(run_dir) / LOGIT_OFFSETS
-    if not path.is_file():
+    record = _read_json_object(path)
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
     missing = [key for key in ("classes", "offsets") if key not in record]
     if missing:
         raise DataError(f"{path}: missing key(s) {missing}")
@@ -206,16 +217,7 @@ def read_logit_offsets(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None
 def read_postprocessing(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The run's postprocessing.json (segmentation settings the predict stage chose on the validation
     split: threshold, area, count calibration), or None when it did not tune."""
-    path = Path(run_dir) / POSTPROCESSING
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); rerun `pipeline predict`") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: not a post-processing record; rerun `pipeline predict`")
-    return record
+    return _read_json_object(Path(run_dir) / POSTPROCESSING, "; rerun `pipeline predict`")
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -253,16 +255,7 @@ def write_training_summary(summary: Mapping[str, Any], run_dir: str | os.PathLik
 
 def read_training_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """training_summary.json of a run, or None when the run has none (e.g. predictions made elsewhere)."""
-    path = Path(run_dir) / TRAINING_SUMMARY
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(summary, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(summary).__name__}")
-    return summary
+    return _read_json_object(Path(run_dir) / TRAINING_SUMMARY)
 
 
 # Keys a report of each task needs in metrics.json.

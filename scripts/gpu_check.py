@@ -217,18 +217,17 @@ def main() -> int:
     if bench_seg.exists():
         figures = json.loads(bench_seg.read_text())
         stages.summary["figures"]["bench_seg"] = figures
-    if bench_seg.exists() and not smoke:
-        rate = 1e3 / figures["pipeline"]["step_ms"]  # one process, synchronised each step
-        # stop 17: three seeds side by side, start-up and validation included, made together about the
-        # step rate of one process alone (20 epochs of 114 steps in 208 s at 32 steps/s)
-        n_train = int(pd.read_csv(REPO / acne_cfg["manifests_dir"] / "acne04.split.csv")["split"].eq("train").sum())
-        steps_per_epoch = n_train * train["patches_per_image"] // train["batch_size"]
-        fit = int((stages.left() - PREDICT_S - EVALUATE_S - 20) * rate / (len(seeds) * steps_per_epoch))
-        epochs = max(min(epochs, fit // 5 * 5), 10)
-    if epochs != train["epochs"] or smoke:
+        if not smoke:
+            rate = 1e3 / figures["pipeline"]["step_ms"]  # one process, synchronised each step
+            # stop 17: three seeds side by side, start-up and validation included, made together about
+            # the step rate of one process alone (20 epochs of 114 steps in 208 s at 32 steps/s)
+            n_train = int(pd.read_csv(REPO / acne_cfg["manifests_dir"] / "acne04.split.csv")["split"].eq("train").sum())
+            steps_per_epoch = n_train * train["patches_per_image"] // train["batch_size"]
+            fit = int((stages.left() - PREDICT_S - EVALUATE_S - 20) * rate / (len(seeds) * steps_per_epoch))
+            epochs = max(min(epochs, fit // 5 * 5), 10)
+    if epochs != train["epochs"] and not smoke:  # --smoke's config already trains one epoch
         write_config(REPO / "configs" / "acne04_gpu.yaml", work / "acne04_gpu.yaml", data, smoke,
-                     lambda c: c["defaults"]["segmentation"]["train"].update(
-                         epochs=epochs if not smoke else 1, val_every=max(epochs // 6, 1) if not smoke else 1))
+                     lambda c: c["defaults"]["segmentation"]["train"].update(epochs=epochs, val_every=max(epochs // 6, 1)))
     stages.record("acne04", epochs_configured=train["epochs"], epochs_asked=args.epochs, epochs_run=epochs, seeds=seeds)
     config = str(work / "acne04_gpu.yaml")
     stages.run("acne04_train", [pipeline_cli("train", "--config", config, "--experiment", EXPERIMENT, "--seed", str(s),

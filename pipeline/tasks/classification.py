@@ -4,7 +4,6 @@ and the post-hoc logit offsets the predict stage may fit on the validation split
 from __future__ import annotations
 
 import functools
-
 import logging
 from pathlib import Path
 
