@@ -4,8 +4,8 @@
 
 DATA holds `acne04_voc/` and `ham10000_sample70/` (copies of ../shared/data, which a GPU machine
 may not have); the ACNE04 manifest, frozen split and box-derived masks are read from where
-configs/acne04.yaml writes them (data_manifests/, data/derived/acne04), so the split is the one the
-CPU figures use. Stages, in order of value; each is logged to OUT/logs/<stage>.log, a failing stage
+configs/acne04.yaml writes them (data_manifests/, data/derived/acne04_lesion), so the split is the one
+the CPU figures use. Stages, in order of value; each is logged to OUT/logs/<stage>.log, a failing stage
 does not stop the next, and the whole run keeps to --budget seconds:
 
 1. `test_cuda`: tests/test_cuda.py (every loss on CUDA against float64 on the CPU, bf16 autocast,
@@ -221,7 +221,8 @@ def main() -> int:
             rate = 1e3 / figures["pipeline"]["step_ms"]  # one process, synchronised each step
             # stop 17: three seeds side by side, start-up and validation included, made together about
             # the step rate of one process alone (20 epochs of 114 steps in 208 s at 32 steps/s)
-            n_train = int(pd.read_csv(REPO / acne_cfg["manifests_dir"] / "acne04.split.csv")["split"].eq("train").sum())
+            dataset = acne_cfg["experiments"][EXPERIMENT]["dataset"]
+            n_train = int(pd.read_csv(REPO / acne_cfg["manifests_dir"] / f"{dataset}.split.csv")["split"].eq("train").sum())
             steps_per_epoch = n_train * train["patches_per_image"] // train["batch_size"]
             fit = int((stages.left() - PREDICT_S - EVALUATE_S - 20) * rate / (len(seeds) * steps_per_epoch))
             epochs = max(min(epochs, fit // 5 * 5), 10)

@@ -21,7 +21,8 @@ def localised(name: str, real_data: Path, tmp_path: Path, dataset_folder: str) -
         dataset["root"] = str(real_data / dataset_folder)
         if "mask_root" in dataset:
             dataset["mask_root"] = str(tmp_path / "masks")
-    path = tmp_path / name
+    path = tmp_path / Path(name).name
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -29,18 +30,37 @@ def localised(name: str, real_data: Path, tmp_path: Path, dataset_folder: str) -
 @pytest.mark.realdata
 def test_acne04_config_prepares_and_splits_with_the_official_test_set(real_data, tmp_path):
     config = localised("acne04.yaml", real_data, tmp_path, "acne04_voc")
-    assert main(["prepare", "--config", str(config), "--dataset", "acne04"]) == 0
-    assert main(["split", "--config", str(config), "--dataset", "acne04"]) == 0
-    split = pd.read_csv(tmp_path / "manifests" / "acne04.split.csv", dtype=str, keep_default_na=False)
+    assert main(["prepare", "--config", str(config), "--dataset", "acne04_lesion"]) == 0
+    assert main(["split", "--config", str(config), "--dataset", "acne04_lesion"]) == 0
+    split = pd.read_csv(tmp_path / "manifests" / "acne04_lesion.split.csv", dtype=str, keep_default_na=False)
     test_files = {p.stem for p in (real_data / "acne04_voc" / "test").glob("*.jpg")}
     assert set(split.loc[split["split"] == "test", "image_id"]) == test_files
     assert set(split["split"]) == {"train", "val", "test"}
     assert (split["label_origin"] == "box-derived").all()
     assert (split.groupby("group_id")["split"].nunique() == 1).all()
+    # every severity grade is in train and in val (the split stratifies on lesions per grade)
+    assert (pd.crosstab(split["grade"], split["split"])[["train", "val"]] > 0).all().all()
     # A frozen split is kept as it is on a rerun.
-    before = (tmp_path / "manifests" / "acne04.split.csv").read_bytes()
-    assert main(["split", "--config", str(config), "--dataset", "acne04"]) == 0
-    assert (tmp_path / "manifests" / "acne04.split.csv").read_bytes() == before
+    before = (tmp_path / "manifests" / "acne04_lesion.split.csv").read_bytes()
+    assert main(["split", "--config", str(config), "--dataset", "acne04_lesion"]) == 0
+    assert (tmp_path / "manifests" / "acne04_lesion.split.csv").read_bytes() == before
+
+
+@pytest.mark.realdata
+def test_acne04_one_class_split_keeps_the_four_type_partition(real_data, tmp_path):
+    """The shipped one-class config (split on lesions per grade) puts every photo where the four-type
+    study config (split on lesions per type, the types being the grades here) does, so figures measured
+    with either are on the same train / val photos."""
+    one = localised("acne04.yaml", real_data, tmp_path / "one", "acne04_voc")
+    four = localised("studies/acne04_four_types.yaml", real_data, tmp_path / "four", "acne04_voc")
+    splits = []
+    for config, name, folder in ((one, "acne04_lesion", "one"), (four, "acne04", "four")):
+        assert main(["prepare", "--config", str(config), "--dataset", name]) == 0
+        assert main(["split", "--config", str(config), "--dataset", name]) == 0
+        frame = pd.read_csv(tmp_path / folder / "manifests" / f"{name}.split.csv", dtype=str, keep_default_na=False)
+        splits.append(frame.set_index("image_id")["split"])
+    assert splits[0].sort_index().equals(splits[1].sort_index())
+    assert set(splits[0]) == {"train", "val", "test"}
 
 
 @pytest.mark.realdata

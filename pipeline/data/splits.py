@@ -79,12 +79,13 @@ def check_every_class_in_every_split(strata: pd.DataFrame, splits: pd.Series, so
 
 
 def strata_for(frame: pd.DataFrame, task: str, classes: list[str], lesion_counts: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-row class-count matrix used for stratification."""
+    """Per-row count matrix the splitter stratifies on: one-hot labels (classification), or the
+    segmentation task's strata (`SegmentationTask.split_strata`: lesions per type, or per grade)."""
     if task == "classification":
         return pd.get_dummies(frame["label"]).reindex(columns=classes, fill_value=0).astype(int)
     if lesion_counts is None:
         raise DataError("segmentation split needs lesion counts per type (n_<type> columns or masks)")
-    return lesion_counts.reindex(columns=classes, fill_value=0).astype(int)
+    return lesion_counts.fillna(0).astype(int)  # the task's strata: lesions per type, or per grade
 
 
 def split_manifest(frame: pd.DataFrame, *, task: str, classes: list[str], fractions: dict[str, float], seed: int,

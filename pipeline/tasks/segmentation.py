@@ -62,17 +62,33 @@ class SegmentationTask:
 
     @staticmethod
     def split_strata(frame: pd.DataFrame, dataset: dict) -> pd.DataFrame:
-        """Lesions per type per image: the manifest's n_<type> columns when all are there, else
-        counted from the masks."""
+        """What each split keeps in proportion (`split.stratify`). lesion_types (default): lesions per
+        type per image, the manifest's n_<type> columns when all are there, else counted from the
+        masks. lesion_grades: an image's lesions counted in the column of its severity grade (the
+        manifest's `grade`), so every split holds its share of the lesions of mild, moderate, ...
+        faces; for data whose types are merged into one class, or whose grade is what is evaluated."""
         types = list(dataset["classes"])
         columns = [f"n_{t}" for t in types]
         if all(c in frame.columns for c in columns):
-            return frame[columns].fillna(0).astype(int).set_axis(types, axis=1)
-        rows = []
-        for path in frame["mask_path"]:
-            mask = read_label_map(resolve(path, Path(dataset["mask_root"])))
-            rows.append([ndimage.label(mask == i + 1)[1] for i in range(len(types))])
-        return pd.DataFrame(np.asarray(rows), columns=types, index=frame.index)
+            per_type = frame[columns].fillna(0).astype(int).set_axis(types, axis=1)
+        else:
+            rows = []
+            for path in frame["mask_path"]:
+                mask = read_label_map(resolve(path, Path(dataset["mask_root"])))
+                rows.append([ndimage.label(mask == i + 1)[1] for i in range(len(types))])
+            per_type = pd.DataFrame(np.asarray(rows), columns=types, index=frame.index)
+        if (dataset.get("split") or {}).get("stratify", "lesion_types") == "lesion_types":
+            return per_type
+        grades = frame["grade"] if "grade" in frame else pd.Series("", index=frame.index)
+        ungraded = grades.astype(str).isin(["", "nan", "None"])
+        if ungraded.any():
+            rows = ", ".join(f"{i + 2} ({frame['image_id'].iloc[i]})" for i in np.flatnonzero(ungraded.to_numpy())[:5])
+            raise ConfigError(f"split.stratify: lesion_grades needs a grade for every image; the manifest has none "
+                              f"in {int(ungraded.sum())} row(s), e.g. row {rows}")
+        grade = grades.astype(float).astype(int)
+        lesions = per_type.sum(axis=1)
+        by_grade = pd.DataFrame({f"grade {g}": lesions.where(grade == g, 0) for g in sorted(grade.unique())})
+        return by_grade.loc[:, by_grade.sum() > 0]  # a grade whose photos hold no lesion is not a stratum
 
     def build_model(self) -> torch.nn.Module:
         return build_segmenter(self.cfg["model"], self.num_outputs)

@@ -73,3 +73,44 @@ def test_segmentation_split_stratifies_on_lesion_counts():
                          lesion_counts=counts)
     assert set(out.loc[counts["nodule"] > 0, "split"]) == {"train", "val", "test"}
     assert (out.groupby("group_id")["split"].nunique() == 1).all()
+
+
+def _graded_frame(n: int = 80):
+    rng = np.random.default_rng(1)
+    grade = np.repeat([0, 1, 2, 3], n // 4)
+    frame = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "image_path": "x", "mask_path": "m",
+                          "group_id": [f"p{i}" for i in range(n)], "split": "", "grade": grade.astype(str),
+                          "n_lesion": [int(rng.integers(0, 6) if g == 0 else rng.integers(6 + 15 * (g - 1), 21 + 30 * (g - 1)))
+                                       for g in grade]})
+    return frame
+
+
+def test_lesion_grades_strata_count_lesions_in_the_column_of_the_photo_grade():
+    from pipeline.tasks.segmentation import SegmentationTask
+
+    frame = _graded_frame()
+    dataset = {"classes": {"lesion": "Lesion"}, "mask_root": "unused", "split": {"stratify": "lesion_grades"}}
+    strata = SegmentationTask.split_strata(frame, dataset)
+    assert list(strata.columns) == ["grade 0", "grade 1", "grade 2", "grade 3"]
+    for g in range(4):
+        rows = frame["grade"] == str(g)
+        assert (strata.loc[rows, f"grade {g}"] == frame.loc[rows, "n_lesion"]).all()
+        assert (strata.loc[~rows, f"grade {g}"] == 0).all()
+    out = split_manifest(frame, task="segmentation", classes=["lesion"], fractions=FRACTIONS, seed=0,
+                         lesion_counts=strata)
+    # every grade lands in every split (one lesion count alone would not guarantee it)
+    assert (pd.crosstab(out["grade"], out["split"]) > 0).all().all()
+    # the default stays lesions per type
+    per_type = SegmentationTask.split_strata(frame, dict(dataset, split={}))
+    assert list(per_type.columns) == ["lesion"]
+
+
+def test_lesion_grades_strata_need_a_grade_on_every_row():
+    from pipeline.errors import ConfigError
+    from pipeline.tasks.segmentation import SegmentationTask
+
+    frame = _graded_frame()
+    frame.loc[5, "grade"] = ""
+    dataset = {"classes": {"lesion": "Lesion"}, "mask_root": "unused", "split": {"stratify": "lesion_grades"}}
+    with pytest.raises(ConfigError, match=r"row 7 \(i5\)"):
+        SegmentationTask.split_strata(frame, dataset)
