@@ -5,6 +5,7 @@ count a line / isotonic map fitted on other validation photos expects from them)
     python scripts/count_calibration_cv.py results/acne04/acne04_dice_ce/seed0 [more runs] \
         [--out counts.npz] [--folds 5] [--repeats 5]
     python scripts/count_calibration_cv.py --counts counts.npz      (the cross-validation again, no prediction)
+    python scripts/count_calibration_cv.py --counts counts.npz --count-cell   (+ the count read at its own grid cell)
 
 For each run: its best checkpoint predicts the validation photos once (`SegmentationTask.grid_counts`,
 the tuning step's own counting); at the post-processing the tuning step chooses (lesion threshold and minimum area by lesion detection F1, the run's grid) each
@@ -14,6 +15,12 @@ photos (fit on k-1 folds, grade the held-out fold; repeated with reshuffled fold
 accuracy, quadratic kappa and count MAE. The test split is never read. `--out` keeps the per-photo
 counts of the whole grid of each run (photo, threshold, area, [matched, annotated, found]), with the
 grid, the annotated grades and the grading thresholds; `--counts` reads them back.
+
+`--count-cell` asks whether the grade should be read at another post-processing cell than the
+detection one (a stricter threshold or area that over-counts mild faces less): nested
+cross-validation, where inside each outer fit set the cell is chosen by an inner 4-fold
+cross-validation (by grading accuracy, or by count MAE) and a Huber line fitted there grades the
+held-out photos.
 """
 
 from __future__ import annotations
@@ -68,6 +75,43 @@ def cross_validate(found: np.ndarray, annotated: np.ndarray, reference: np.ndarr
     return float(np.mean(accuracy)), float(np.mean(kappa)), float(np.mean(mae))
 
 
+def nested_count_cell(counts: np.ndarray, reference: np.ndarray, thresholds: list[float], criterion: str,
+                      folds: int, repeats: int) -> tuple[float, float, float]:
+    """Grading when the cell a count is read at is chosen on each outer fit set (inner 4-fold CV by
+    ``criterion``: "accuracy" or "mae"), with a Huber line fitted there; mean over repeats."""
+    n_photos, n_t, n_a, _ = counts.shape
+    annotated_all = counts[:, 0, 0, 1].astype(float)
+
+    def inner(rows: np.ndarray, t: int, a: int) -> float:
+        found, annotated = counts[rows, t, a, 2].astype(float), counts[rows, t, a, 1].astype(float)
+        estimate = np.zeros(len(rows))
+        for fit, held in KFold(4, shuffle=True, random_state=0).split(rows):
+            if np.ptp(found[fit]) == 0:
+                return -math.inf
+            estimate[held] = calibrated_counts(found[held], fit_count_calibration(found[fit], annotated[fit], "huber"))
+        mae = float(np.mean(np.abs(estimate - annotated)))
+        if criterion == "mae":
+            return -mae
+        return float(np.mean(grade_from_count(estimate, thresholds) == reference[rows])) - 1e-3 * mae  # ties: MAE
+
+    accuracy, kappa, mae = [], [], []
+    for repeat in range(repeats):
+        estimate = np.zeros(n_photos)
+        for fit_rows, held_out in KFold(folds, shuffle=True, random_state=repeat).split(np.arange(n_photos)):
+            scores = np.array([[inner(fit_rows, t, a) for a in range(n_a)] for t in range(n_t)])
+            t, a = np.unravel_index(int(np.argmax(scores)), scores.shape)
+            found = counts[:, t, a, 2].astype(float)
+            calibration = fit_count_calibration(found[fit_rows], counts[fit_rows, t, a, 1].astype(float), "huber")
+            estimate[held_out] = calibrated_counts(found[held_out], calibration)
+        graded = grade_from_count(estimate, thresholds)
+        accuracy.append(float(np.mean(graded == reference)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kappa.append(float(cohen_kappa_score(reference, graded, weights="quadratic")))
+        mae.append(float(np.mean(np.abs(estimate - annotated_all))))
+    return float(np.mean(accuracy)), float(np.mean(kappa)), float(np.mean(mae))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="trained segmentation run folders (run.yaml, checkpoints/best.pt)")
@@ -75,6 +119,8 @@ def main() -> None:
     parser.add_argument("--counts", type=Path, help="cross-validate the counts an earlier --out wrote, predicting nothing")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--count-cell", action="store_true",
+                        help="also grade at a grid cell chosen for counting by nested cross-validation (slow: minutes a run)")
     args = parser.parse_args()
     if bool(args.runs) == bool(args.counts):
         parser.error("give run folders or --counts, not both")
@@ -100,6 +146,12 @@ def main() -> None:
             result = cross_validate(found, annotated, reference, grading, method, args.folds, args.repeats)
             table.setdefault(method, []).append(result)
             print(f"  {method:9s} grading {result[0]:.3f}  kappa {result[1]:.3f}  count MAE {result[2]:.2f}")
+        if args.count_cell:
+            for criterion in ("accuracy", "mae"):
+                method = f"huber, count cell by {criterion}"
+                result = nested_count_cell(counts, reference, grading, criterion, args.folds, args.repeats)
+                table.setdefault(method, []).append(result)
+                print(f"  {method}: grading {result[0]:.3f}  kappa {result[1]:.3f}  count MAE {result[2]:.2f}")
     if len(runs) > 1:
         print(f"mean ± SD over {len(runs)} runs ({args.folds}-fold cross-validation on validation, {args.repeats} repeats):")
         print("| count_calibration | grading accuracy | quadratic kappa | count MAE |\n|---|---|---|---|")
