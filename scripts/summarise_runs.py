@@ -41,6 +41,14 @@ def training_minutes(summary: dict) -> float | None:
     return sum(epochs) / 60 if epochs and None not in epochs else None
 
 
+def detection_f1(detection: dict) -> float | None:
+    """Lesion detection F1 (any type) = 2 x matched / (annotated + found), from metrics.json's counts."""
+    matched, annotated, found = detection["sensitivity"].get("k"), detection["sensitivity"].get("n"), detection["ppv"].get("n")
+    if None in (matched, annotated, found) or annotated + found == 0:
+        return None
+    return 2 * matched / (annotated + found)
+
+
 def reference_metrics(result: dict) -> dict:
     """scripts/reference_timm_loop.py's reference.json in the shape of metrics.json (no AUC)."""
     recall = result["recall"]
@@ -64,6 +72,8 @@ def main() -> None:
         metrics = json.loads(path.read_text())
         summary = path.parent / "training_summary.json"
         metrics["_training"] = json.loads(summary.read_text()) if summary.is_file() else {}
+        tuned = path.parent / "postprocessing.json"  # segmentation: the validation F1 that chose it
+        metrics["_postprocessing"] = json.loads(tuned.read_text()) if tuned.is_file() else {}
         runs[path.parent.parent.name].append(metrics)
     for path in sorted(args.results.glob("*/seed*/reference.json")):
         runs[path.parent.parent.name].append(reference_metrics(json.loads(path.read_text())))
@@ -99,8 +109,9 @@ def main() -> None:
                         + fmt([x["per_class"][c]["dice"]["value"] for x in m]) for c in classes]
                 rows.append(row)
         else:
-            header = ["experiment", "seeds", "mean Dice", "macro Dice", "lesion recall (any type)",
-                      "count MAE / image", "grading accuracy", "grading kappa"]
+            header = ["experiment", "seeds", "mean Dice", "macro Dice", "val. lesion F1 (post-processing choice)",
+                      "lesion F1 (any type)", "lesion recall (any type)", "count MAE / image (the count graded)", "grading accuracy",
+                      "grading kappa"]
             for c in classes:
                 header += [f"{c} recall", f"{c} precision", f"{c} Dice"]
             rows = []
@@ -108,8 +119,11 @@ def main() -> None:
                 grading = [x.get("grading") or {} for x in m]
                 row = [e, str(len(m)), fmt([x["mean_dice"]["value"] for x in m]),
                        fmt([(x.get("macro_dice") or {}).get("value") for x in m]),
+                       fmt([x["_postprocessing"].get("val_f1") for x in m]),
+                       fmt([detection_f1(x["lesion_detection"]) for x in m]),
                        fmt([x["lesion_detection"]["sensitivity"]["value"] for x in m]),
-                       fmt([x["lesion_count_error"]["mae"] for x in m]),
+                       fmt([(g.get("count_mae") if g.get("count_mae") is not None else x["lesion_count_error"]["mae"])
+                            for x, g in zip(m, grading)]),
                        fmt([(g.get("accuracy") or {}).get("value") for g in grading]),
                        fmt([(g.get("kappa") or {}).get("value") for g in grading])]
                 for c in classes:
