@@ -58,21 +58,26 @@ def validation_counts(run: Path) -> tuple[np.ndarray, list[float], list[int], np
     return counts, thresholds, areas, np.array(grades), thresholds_grading
 
 
+def grading_scores(estimate: np.ndarray, annotated: np.ndarray, reference: np.ndarray,
+                   thresholds: list[float]) -> tuple[float, float, float]:
+    """Grading accuracy, quadratic kappa and count MAE of held-out count estimates."""
+    graded = grade_from_count(estimate, thresholds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kappa = float(cohen_kappa_score(reference, graded, weights="quadratic"))
+    return float(np.mean(graded == reference)), kappa, float(np.mean(np.abs(estimate - annotated)))
+
+
 def cross_validate(found: np.ndarray, annotated: np.ndarray, reference: np.ndarray, thresholds: list[float],
                    method: str, folds: int, repeats: int) -> tuple[float, float, float]:
-    accuracy, kappa, mae = [], [], []
+    results = []
     estimate = np.zeros_like(found, dtype=float)
     for repeat in range(repeats):
         for fit_rows, held_out in KFold(folds, shuffle=True, random_state=repeat).split(found):
             calibration = fit_count_calibration(found[fit_rows], annotated[fit_rows], method)
             estimate[held_out] = calibrated_counts(found[held_out], calibration)
-        graded = grade_from_count(estimate, thresholds)
-        accuracy.append(float(np.mean(graded == reference)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            kappa.append(float(cohen_kappa_score(reference, graded, weights="quadratic")))
-        mae.append(float(np.mean(np.abs(estimate - annotated))))
-    return float(np.mean(accuracy)), float(np.mean(kappa)), float(np.mean(mae))
+        results.append(grading_scores(estimate, annotated, reference, thresholds))
+    return tuple(float(x) for x in np.mean(results, axis=0))
 
 
 def nested_count_cell(counts: np.ndarray, reference: np.ndarray, thresholds: list[float], criterion: str,
@@ -94,7 +99,7 @@ def nested_count_cell(counts: np.ndarray, reference: np.ndarray, thresholds: lis
             return -mae
         return float(np.mean(grade_from_count(estimate, thresholds) == reference[rows])) - 1e-3 * mae  # ties: MAE
 
-    accuracy, kappa, mae = [], [], []
+    results = []
     for repeat in range(repeats):
         estimate = np.zeros(n_photos)
         for fit_rows, held_out in KFold(folds, shuffle=True, random_state=repeat).split(np.arange(n_photos)):
@@ -103,13 +108,8 @@ def nested_count_cell(counts: np.ndarray, reference: np.ndarray, thresholds: lis
             found = counts[:, t, a, 2].astype(float)
             calibration = fit_count_calibration(found[fit_rows], counts[fit_rows, t, a, 1].astype(float), "huber")
             estimate[held_out] = calibrated_counts(found[held_out], calibration)
-        graded = grade_from_count(estimate, thresholds)
-        accuracy.append(float(np.mean(graded == reference)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            kappa.append(float(cohen_kappa_score(reference, graded, weights="quadratic")))
-        mae.append(float(np.mean(np.abs(estimate - annotated_all))))
-    return float(np.mean(accuracy)), float(np.mean(kappa)), float(np.mean(mae))
+        results.append(grading_scores(estimate, annotated_all, reference, thresholds))
+    return tuple(float(x) for x in np.mean(results, axis=0))
 
 
 def main() -> None:
