@@ -1,4 +1,5 @@
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -216,23 +217,50 @@ def test_tensorboard_logs_what_history_and_loss_weights_record_without_changing_
         assert [event.value for event in events.Scalars(f"loss_weight/{name}")] == pytest.approx(weights[f"w{i}"].tolist(), rel=1e-4)
 
 
-def test_on_the_cpu_auto_keeps_the_default_layout_and_optimizer(tmp_path):
+def test_on_the_cpu_auto_takes_channels_last_float32_and_the_default_optimizer(tmp_path):
     trainer = training.setup(tiny_classification_run(tmp_path), threads=1)
-    assert trainer.memory_format == torch.contiguous_format
+    assert trainer.memory_format == torch.channels_last  # oneDNN's convolutions are faster in NHWC
+    assert trainer.amp_dtype is None  # float32: a resumed run matches an uninterrupted one bit for bit
     assert not trainer.optimizer.defaults.get("fused")  # PyTorch's default (foreach) step on the CPU
+
+
+def test_mixed_precision_and_layout_follow_the_setting_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert training.amp_dtype_for(cpu, "auto") is None and training.amp_dtype_for(cpu, False) is None
+    assert training.amp_dtype_for(cpu, True) == torch.bfloat16
+    assert training.memory_format_for(cpu, False) == torch.contiguous_format
+    assert training.memory_format_for(cpu, "auto") == training.memory_format_for(cpu, True) == torch.channels_last
 
 
 def test_channels_last_trains_the_same_model_as_the_default_layout(tmp_path):
     # the layout changes how convolutions walk memory, not what they compute: the same losses to
-    # float32 rounding (checked on the CPU, where `auto` leaves it off; on CUDA it is on, tests/test_cuda.py)
-    default = training.train(run_with(tmp_path / "nchw"), threads=1)
-    nhwc = training.train(run_with(tmp_path / "nhwc", channels_last=True), threads=1)
+    # float32 rounding (float32 on both sides, so only the layout differs)
+    default = training.train(run_with(tmp_path / "nchw", channels_last=False, amp=False), threads=1)
+    nhwc = training.train(run_with(tmp_path / "nhwc", channels_last=True, amp=False), threads=1)
     (first, second), (first_nhwc, second_nhwc) = ([row["train_loss"] for row in run["history"]] for run in (default, nhwc))
     assert first_nhwc == pytest.approx(first, rel=1e-4)
     assert second_nhwc == pytest.approx(second, rel=2e-2)  # rounding differences grow with each step (lr 0.01)
     weights = state(tmp_path / "nhwc" / "results" / "tiny_ce" / "seed0" / "checkpoints" / "last.pt")["model"]
     assert any(t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
                for t in weights.values())
+
+
+def test_bf16_on_the_cpu_computes_the_loss_of_float32_to_bf16_rounding_and_keeps_float32_weights(tmp_path):
+    # autocast runs the convolutions in bf16 (8 bits of mantissa); the loss is taken in float32
+    trainer = training.setup(run_with(tmp_path / "probe", amp=True), threads=1)
+    assert trainer.amp_dtype == torch.bfloat16
+    inputs, targets = next(iter(trainer.loader))
+    inputs = trainer.device_inputs(inputs)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = trainer.net(inputs)
+        exact = trainer.net(inputs)
+    assert mixed.dtype == torch.bfloat16
+    assert trainer.criterion(mixed.float(), targets).item() == pytest.approx(trainer.criterion(exact, targets).item(), rel=1e-2)
+    bf16 = training.train(run_with(tmp_path / "bf16", amp=True), threads=1)
+    assert all(math.isfinite(row["train_loss"]) for row in bf16["history"])
+    weights = state(tmp_path / "bf16" / "results" / "tiny_ce" / "seed0" / "checkpoints" / "last.pt")["model"]
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
 
 
 def test_normalising_on_the_device_trains_the_same_model_bit_for_bit(tmp_path):
