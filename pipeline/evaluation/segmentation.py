@@ -35,8 +35,6 @@ import numpy as np
 import pandas as pd
 import sklearn
 import torch
-from monai.metrics import compute_dice, compute_iou
-from monai.networks.utils import one_hot
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
@@ -271,6 +269,10 @@ def pixel_scores(true_map: np.ndarray, pred_map: np.ndarray, n_types: int) -> tu
         return np.full(n_types, np.nan), np.full(n_types, np.nan)
     true_t = torch.as_tensor(np.asarray(true_map, dtype=np.int64)[foreground])[None, None]
     pred_t = torch.as_tensor(np.asarray(pred_map, dtype=np.int64)[foreground])[None, None]
+    # MONAI imported here: its package import loads all of MONAI (about 2.5 s), which classification runs never need
+    from monai.metrics import compute_dice, compute_iou
+    from monai.networks.utils import one_hot
+
     y = one_hot(true_t, n_types + 1, dtype=torch.float64)
     y_pred = one_hot(pred_t, n_types + 1, dtype=torch.float64)
     # ignore_empty=False: a type absent from the truth scores 0 when predicted (1 when not; masked below)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import monai.losses
 import torch
 from torch.nn.modules.loss import _Loss
 
@@ -111,6 +110,8 @@ class DiceLoss(_RegionLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction)
+        import monai.losses  # here, not at the top: importing MONAI loads all of it (about 2.5 s a process)
+
         self.region = monai.losses.DiceLoss(**self._monai_kwargs(), reduction=self.reduction)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -148,6 +149,8 @@ class TverskyLoss(_RegionLoss):
         super().__init__(num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction)
         self.alpha = check_number("alpha", alpha, low=0.0)
         self.beta = check_number("beta", beta, low=0.0)
+        import monai.losses
+
         self.region = monai.losses.TverskyLoss(
             **self._monai_kwargs(), alpha=self.alpha, beta=self.beta, reduction="none"
         )
