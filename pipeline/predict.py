@@ -18,7 +18,7 @@ from pipeline.atomic import write_text
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.tasks import get_task
 from pipeline.tasks.base import Task
-from pipeline.training import amp_dtype_for, fingerprint, load_split, select_device
+from pipeline.training import amp_dtype_for, fingerprint, load_split, memory_format_for, select_device
 
 log = logging.getLogger("pipeline.predict")
 
@@ -34,7 +34,9 @@ def load_best_model(cfg: dict, device: torch.device) -> tuple[Task, torch.nn.Mod
         raise TrainingError(f"{path} was trained with another configuration; retrain this run")
     model = task.build_model()
     model.load_state_dict(checkpoint["model"])
-    return task, model.to(device).eval()
+    # the layout it was trained and validated in, so predictions repeat the validation's arithmetic
+    memory_format = memory_format_for(device, cfg["train"].get("channels_last", "auto"))
+    return task, model.to(device, memory_format=memory_format).eval()
 
 
 def predict_run(cfg: dict, split: str = "test") -> Path:
