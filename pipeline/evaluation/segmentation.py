@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sklearn
-import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
@@ -267,11 +266,14 @@ def pixel_scores(true_map: np.ndarray, pred_map: np.ndarray, n_types: int) -> tu
     foreground = (np.asarray(true_map) > 0) | (np.asarray(pred_map) > 0)
     if not foreground.any():
         return np.full(n_types, np.nan), np.full(n_types, np.nan)
-    true_t = torch.as_tensor(np.asarray(true_map, dtype=np.int64)[foreground])[None, None]
-    pred_t = torch.as_tensor(np.asarray(pred_map, dtype=np.int64)[foreground])[None, None]
-    # MONAI imported here: its package import loads all of MONAI (about 2.5 s), which classification runs never need
+    # torch and MONAI imported here: MONAI's package import loads all of it (about 2.5 s of CPU), and
+    # a classification run's evaluation needs neither
+    import torch
     from monai.metrics import compute_dice, compute_iou
     from monai.networks.utils import one_hot
+
+    true_t = torch.as_tensor(np.asarray(true_map, dtype=np.int64)[foreground])[None, None]
+    pred_t = torch.as_tensor(np.asarray(pred_map, dtype=np.int64)[foreground])[None, None]
 
     y = one_hot(true_t, n_types + 1, dtype=torch.float64)
     y_pred = one_hot(pred_t, n_types + 1, dtype=torch.float64)

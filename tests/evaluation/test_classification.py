@@ -80,6 +80,21 @@ def test_headline_figures_match_hand_and_sklearn(hand_metrics):
     assert m["class_names"] == {"A": "Alpha", "B": "Beta", "C": "Gamma"}
 
 
+def test_auc_from_ranks_matches_sklearn_with_ties_and_undefined_classes():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=200)
+    y[y == 2] = 1  # class 2 never occurs: no positives, AUC undefined
+    probs = rng.dirichlet(np.ones(4), size=200)
+    probs[:50, 0] = 0.25  # ties within and across classes
+    probs = np.round(probs, 2)
+    auc = per_class_auc(y, probs)
+    for k in (0, 1, 3):
+        if (y == k).any():
+            assert auc[k] == pytest.approx(roc_auc_score(y == k, probs[:, k]), abs=1e-12)
+    assert np.isnan(auc[2]) and np.isnan(auc[3])  # class 3: no positives either
+    assert np.isnan(per_class_auc(np.zeros(5, dtype=int), probs[:5])).all()  # one class only: no negatives
+
+
 def test_auc_matches_sklearn_ovr(hand_metrics):
     table = make_predictions(LABELS, PREDS, CLASSES)
     probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
