@@ -35,8 +35,7 @@ def load_best_model(cfg: dict, device: torch.device) -> tuple[Task, torch.nn.Mod
     model = task.build_model()
     model.load_state_dict(checkpoint["model"])
     # the layout it was trained and validated in, so predictions repeat the validation's arithmetic
-    memory_format = memory_format_for(device, cfg["train"].get("channels_last", "auto"))
-    return task, model.to(device, memory_format=memory_format).eval()
+    return task, model.to(device, memory_format=memory_format_for(cfg["train"])).eval()
 
 
 def predict_run(cfg: dict, split: str = "test") -> Path:

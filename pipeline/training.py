@@ -60,11 +60,11 @@ def auto_flag(value: str | bool, device: torch.device) -> bool:
     return device.type == "cuda" if value == "auto" else bool(value)
 
 
-def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.memory_format:
-    """channels_last (NHWC) under ``auto`` on every device: cuDNN's bf16/fp16 convolutions run on
-    tensor cores without layout transposes (PyTorch's channels-last tutorial), and oneDNN's CPU
-    convolutions are faster in NHWC too (1.2-1.4x a training step here, docs/BENCHMARKS.md §7)."""
-    return torch.contiguous_format if channels_last is False else torch.channels_last
+def memory_format_for(train: dict) -> torch.memory_format:
+    """The layout ``train.channels_last`` asks for: channels_last (NHWC) under ``auto`` on every
+    device. cuDNN's bf16/fp16 convolutions run on tensor cores without layout transposes (PyTorch's
+    channels-last tutorial), and oneDNN's CPU convolutions are faster in NHWC too (1.2-1.4x a training step here, docs/BENCHMARKS.md §7)."""
+    return torch.contiguous_format if train.get("channels_last", "auto") is False else torch.channels_last
 
 
 def amp_dtype_for(device: torch.device, amp: str | bool) -> torch.dtype | None:
@@ -174,7 +174,7 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     train_frame = frame[frame["split"] == "train"].reset_index(drop=True)
     val_frame = frame[frame["split"] == "val"].reset_index(drop=True)
 
-    memory_format = memory_format_for(device, cfg["train"].get("channels_last", "auto"))
+    memory_format = memory_format_for(cfg["train"])
     model = task.build_model().to(device, memory_format=memory_format)
     counts = task.class_counts(train_frame)
     loss_spec = dict(cfg["loss"])

@@ -228,8 +228,8 @@ def test_mixed_precision_and_layout_follow_the_setting_on_the_cpu():
     cpu = torch.device("cpu")
     assert training.amp_dtype_for(cpu, "auto") is None and training.amp_dtype_for(cpu, False) is None
     assert training.amp_dtype_for(cpu, True) == torch.bfloat16
-    assert training.memory_format_for(cpu, False) == torch.contiguous_format
-    assert training.memory_format_for(cpu, "auto") == training.memory_format_for(cpu, True) == torch.channels_last
+    assert training.memory_format_for({"channels_last": False}) == torch.contiguous_format
+    assert training.memory_format_for({"channels_last": "auto"}) == training.memory_format_for({"channels_last": True}) == torch.channels_last
 
 
 def test_channels_last_trains_the_same_model_as_the_default_layout(tmp_path):
