@@ -67,16 +67,25 @@ def memory_format_for(train: dict) -> torch.memory_format:
     return torch.contiguous_format if train.get("channels_last", "auto") is False else torch.channels_last
 
 
+def native_cpu_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Elsewhere oneDNN emulates
+    bf16 and a step is slower than in float32."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a PyTorch without these probes: assume emulation
+        return False
+
+
 def amp_dtype_for(device: torch.device, amp: str | bool) -> torch.dtype | None:
     """Mixed precision. CUDA (``auto``/``true``): bf16 where supported (no loss scaling needed), else
-    fp16. CPU: float32 under ``auto``; bf16 only when asked (``true``): about 2x faster a step on CPUs
-    that compute bf16 natively (AVX512-BF16, AMX), but a resumed run no longer matches an
-    uninterrupted one bit for bit (docs/BENCHMARKS.md §7), which float32 guarantees."""
+    fp16. CPU: bf16 under ``auto`` where the CPU computes it natively (AVX512-BF16, AMX: about 2x a
+    training step, docs/BENCHMARKS.md §7), float32 elsewhere; ``true`` forces bf16, ``false`` float32.
+    Runs repeat bit for bit in both; only float32 results match from one CPU model to another."""
     if amp is False:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and amp is True:
+    if device.type == "cpu" and (amp is True or native_cpu_bf16()):
         return torch.bfloat16
     return None
 
@@ -327,6 +336,24 @@ def _stop_if_non_finite(trainer: Trainer, bad_batch: int, epoch: int, first_step
     )
 
 
+def _stop_if_weights_non_finite(trainer: Trainer, epoch: int, step: int) -> None:
+    """Before an epoch's checkpoint: every weight and buffer finite, or stop naming the first that is
+    not. A finite loss does not prove it: oneDNN's bf16 convolution backward on the CPU has been seen
+    to write NaN into the weight gradient of kernel taps that only ever meet padding (a stride-2 3x3
+    convolution whose input is 1x1 pixel; docs/BENCHMARKS.md §7 (f)); the bf16 forward skips those taps, so
+    the loss stays finite while a float32 or ONNX run of the saved model would give NaN."""
+    for name, tensor in [*trainer.model.named_parameters(), *trainer.model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            cfg = trainer.cfg
+            raise TrainingError(
+                f"{cfg['experiment']} seed {cfg['seed']}: non-finite values in {name} {tuple(tensor.shape)} after "
+                f"epoch {epoch + 1} (optimizer step {step}), with finite losses. The last good checkpoint "
+                f"({trainer.run_dir / rundir.LAST_CHECKPOINT}) is kept. "
+                + ("With bf16 on the CPU this comes from feature maps of 1x1 pixel: train at a larger image "
+                   "size, or set train.amp: false." if trainer.amp_dtype == torch.bfloat16 and trainer.device.type == "cpu"
+                   else "Lower the learning rate or set train.grad_clip."))
+
+
 def save_checkpoint(trainer: Trainer, state: dict, improved: bool, weight_rows: list[str]) -> None:
     """After an epoch (main rank): loss-weight rows, best.pt when the score improved, last.pt, history.csv."""
     run_dir, task = trainer.run_dir, trainer.task
@@ -395,6 +422,7 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
     for epoch in range(state["epoch"], epochs):
         started = time.perf_counter()
         train_loss, weight_rows = run_epoch(trainer, state, epoch, track_weights)
+        _stop_if_weights_non_finite(trainer, epoch, state["global_step"])
         validate_now = trainer.is_main and ((epoch + 1) % cfg["train"]["val_every"] == 0 or epoch + 1 == epochs)
         val_score = (task.validation_score(trainer.model, trainer.val_frame, trainer.device, trainer.num_workers,
                                            trainer.amp_dtype) if validate_now else math.nan)
@@ -415,7 +443,8 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
 
     summary = {"experiment": cfg["experiment"], "seed": seed, "fingerprint": trainer.run_id, "epochs": epochs,
                "best_epoch": state["best_epoch"], f"best_val_{task.score_name}": state["best_score"],
-               "steps": state["global_step"], "device": str(trainer.device), "world_size": trainer.world_size,
+               "steps": state["global_step"], "device": str(trainer.device),
+               "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."), "world_size": trainer.world_size,
                "history": state["history"], "train_class_counts": trainer.class_counts}
     if board is not None:
         board.close()

@@ -27,6 +27,7 @@ def test_train_writes_checkpoints_history_and_resolved_config(tmp_path):
     assert history["epoch"].tolist() == [1, 2]
     assert summary["best_epoch"] in (1, 2)
     assert summary["best_val_balanced_accuracy"] == history["val_balanced_accuracy"].max()
+    assert summary["precision"] == "float32"
     assert json.loads((run_dir / "training_summary.json").read_text())["steps"] == summary["steps"] > 0
     best = state(run_dir / "checkpoints" / "best.pt")
     assert best["epoch"] == summary["best_epoch"]
@@ -52,13 +53,17 @@ def test_oversampling_takes_the_optimizer_steps_of_plain_shuffling(tmp_path):
     assert expanded["steps"] > plain["steps"]
 
 
-@pytest.mark.parametrize("sampler, workers", [(None, 0), (OVERSAMPLE, 0), (HARD, 0), (None, 2)],
-                         ids=["shuffle", "oversample", "hard_examples", "shuffle_2_workers"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler, workers):
+BF16 = {"amp": True, "image_size": 32}  # bf16 autocast on the CPU (the default where it is native)
+
+
+@pytest.mark.parametrize("sampler, workers, precision", [(None, 0, {}), (OVERSAMPLE, 0, {}), (HARD, 0, {}), (None, 2, {}),
+                                                         (None, 0, BF16), (OVERSAMPLE, 2, BF16)],
+                         ids=["shuffle", "oversample", "hard_examples", "shuffle_2_workers", "bf16", "bf16_oversample_2_workers"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler, workers, precision):
     # with workers, the reference runs in one process: augmentation must not depend on the worker count.
     # Three epochs: persistent workers keep one loader iterator from the second epoch on
-    reference = training.train(run_with(tmp_path / "a", sampler, epochs=3), threads=1)
-    run = run_with(tmp_path / "b", sampler, num_workers=workers, epochs=3)
+    reference = training.train(run_with(tmp_path / "a", sampler, epochs=3, **precision), threads=1)
+    run = run_with(tmp_path / "b", sampler, num_workers=workers, epochs=3, **precision)
 
     calls = {"n": 0}
     original = ClassificationTask.validation_score
@@ -102,6 +107,28 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch 1, optimizer step 0"):
         training.train(run, threads=1)
     assert not (tmp_path / "results/tiny_ce/seed0/training_summary.json").exists()
+
+
+def test_non_finite_weights_stop_the_run_before_their_checkpoint(tmp_path, monkeypatch):
+    # a finite loss does not prove finite weights (oneDNN's bf16 backward on 1x1 maps): the epoch's
+    # weights are checked before its checkpoint, and the last good checkpoint stays
+    run = tiny_classification_run(tmp_path, epochs=3)
+    real_epoch = training.run_epoch
+
+    def poisoned_second_epoch(trainer, state, epoch, track_weights):
+        result = real_epoch(trainer, state, epoch, track_weights)
+        if epoch == 1:
+            with torch.no_grad():
+                trainer.model.get_classifier().weight[0, 0] = float("nan")
+        return result
+
+    monkeypatch.setattr(training, "run_epoch", poisoned_second_epoch)
+    with pytest.raises(TrainingError, match=r"non-finite values in fc.weight .* after epoch 2 .* finite losses"):
+        training.train(run, threads=1)
+    run_dir = tmp_path / "results/tiny_ce/seed0"
+    assert state(run_dir / "checkpoints/last.pt")["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state(run_dir / "checkpoints/last.pt")["model"].values())
+    assert not (run_dir / "training_summary.json").exists()
 
 
 def deferred_run(path):
@@ -217,19 +244,27 @@ def test_tensorboard_logs_what_history_and_loss_weights_record_without_changing_
         assert [event.value for event in events.Scalars(f"loss_weight/{name}")] == pytest.approx(weights[f"w{i}"].tolist(), rel=1e-4)
 
 
-def test_on_the_cpu_auto_takes_channels_last_float32_and_the_default_optimizer(tmp_path):
-    trainer = training.setup(tiny_classification_run(tmp_path), threads=1)
+def test_on_the_cpu_auto_takes_channels_last_and_the_default_optimizer(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "native_cpu_bf16", lambda: True)
+    trainer = training.setup(tiny_classification_run(tmp_path, amp="auto"), threads=1)
     assert trainer.memory_format == torch.channels_last  # oneDNN's convolutions are faster in NHWC
-    assert trainer.amp_dtype is None  # float32: a resumed run matches an uninterrupted one bit for bit
+    assert trainer.amp_dtype == torch.bfloat16  # a CPU that multiplies bf16 in hardware
     assert not trainer.optimizer.defaults.get("fused")  # PyTorch's default (foreach) step on the CPU
 
 
-def test_mixed_precision_and_layout_follow_the_setting_on_the_cpu():
+def test_mixed_precision_and_layout_follow_the_setting_on_the_cpu(monkeypatch):
     cpu = torch.device("cpu")
-    assert training.amp_dtype_for(cpu, "auto") is None and training.amp_dtype_for(cpu, False) is None
-    assert training.amp_dtype_for(cpu, True) == torch.bfloat16
+    for native in (True, False):
+        monkeypatch.setattr(training, "native_cpu_bf16", lambda: native)
+        assert training.amp_dtype_for(cpu, "auto") == (torch.bfloat16 if native else None)  # emulated bf16 is slower
+        assert training.amp_dtype_for(cpu, False) is None
+        assert training.amp_dtype_for(cpu, True) == torch.bfloat16
     assert training.memory_format_for({"channels_last": False}) == torch.contiguous_format
     assert training.memory_format_for({"channels_last": "auto"}) == training.memory_format_for({"channels_last": True}) == torch.channels_last
+
+
+def test_native_bf16_probe_answers_a_bool():
+    assert isinstance(training.native_cpu_bf16(), bool)
 
 
 def test_channels_last_trains_the_same_model_as_the_default_layout(tmp_path):
@@ -247,7 +282,8 @@ def test_channels_last_trains_the_same_model_as_the_default_layout(tmp_path):
 
 def test_bf16_on_the_cpu_computes_the_loss_of_float32_to_bf16_rounding_and_keeps_float32_weights(tmp_path):
     # autocast runs the convolutions in bf16 (8 bits of mantissa); the loss is taken in float32
-    trainer = training.setup(run_with(tmp_path / "probe", amp=True), threads=1)
+    # 32 px: the net's last convolutions see 2x2 maps (16 px gives 1x1, see the NaN-weight test below)
+    trainer = training.setup(run_with(tmp_path / "probe", amp=True, image_size=32), threads=1)
     assert trainer.amp_dtype == torch.bfloat16
     inputs, targets = next(iter(trainer.loader))
     inputs = trainer.device_inputs(inputs)
@@ -257,8 +293,9 @@ def test_bf16_on_the_cpu_computes_the_loss_of_float32_to_bf16_rounding_and_keeps
         exact = trainer.net(inputs)
     assert mixed.dtype == torch.bfloat16
     assert trainer.criterion(mixed.float(), targets).item() == pytest.approx(trainer.criterion(exact, targets).item(), rel=1e-2)
-    bf16 = training.train(run_with(tmp_path / "bf16", amp=True), threads=1)
+    bf16 = training.train(run_with(tmp_path / "bf16", amp=True, image_size=32), threads=1)
     assert all(math.isfinite(row["train_loss"]) for row in bf16["history"])
+    assert bf16["precision"] == "bfloat16"  # what amp resolved to, in training_summary.json
     weights = state(tmp_path / "bf16" / "results" / "tiny_ce" / "seed0" / "checkpoints" / "last.pt")["model"]
     assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
 
