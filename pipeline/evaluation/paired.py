@@ -14,7 +14,6 @@ the results into tables, verdicts and figures.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sklearn
-from sklearn.metrics import balanced_accuracy_score
 from statsmodels.stats.multitest import multipletests
 
 from pipeline import rundir
@@ -49,10 +46,14 @@ def seed_mean(statistic: Statistic) -> Statistic:
 
 
 def balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
-    """scikit-learn's balanced accuracy (mean recall over the classes present in y_true)."""
-    with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True):
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" on small resamples
-        return float(balanced_accuracy_score(y_true, pred))
+    """Balanced accuracy: the mean recall over the classes present in y_true (a predicted class with no
+    true image does not count), as ``sklearn.metrics.balanced_accuracy_score`` (checked in the tests)
+    but in numpy: it runs resamples x seeds times per experiment in each comparison, where
+    scikit-learn's input checks took 4.7 ms a call (16 of the default comparison's 20 s)."""
+    classes, true_index = np.unique(y_true, return_inverse=True)
+    support = np.bincount(true_index, minlength=len(classes))
+    hits = np.bincount(true_index[np.asarray(y_true) == np.asarray(pred)], minlength=len(classes))
+    return float(np.mean(hits / support))
 
 
 def class_sensitivity(code: str) -> Statistic:
