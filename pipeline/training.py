@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from pipeline.atomic import atomic_path
@@ -207,7 +207,7 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     tcfg = cfg["train"]
     num_workers = max((threads or 1) - 1, 0) if tcfg["num_workers"] == "auto" else tcfg["num_workers"]
     batch_size = tcfg["batch_size"]
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=RecordedSampler(sampler), num_workers=num_workers,
                         drop_last=len(dataset) > batch_size, generator=torch.Generator().manual_seed(seed),
                         persistent_workers=num_workers > 0, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader) if tcfg["max_train_batches"] is None else min(len(loader), tcfg["max_train_batches"])
@@ -224,6 +224,39 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
                    steps_per_epoch=steps_per_epoch, run_id=fingerprint(cfg),
                    sync_every=1 if device.type == "cpu" else 50, memory_format=memory_format,
                    input_transform=input_transform)
+
+
+class RecordedSampler(Sampler):
+    """The run's sampler, passed through index by index, keeping this epoch's indices so that an error
+    can name the images of a batch (batch b holds positions b*B ... b*B + B - 1). It draws nothing
+    itself and forwards every other attribute (set_epoch, state_dict, observe, ...) to the sampler."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.epoch_indices: list[int] = []
+
+    def __iter__(self):
+        self.epoch_indices = []
+        for index in self.sampler:  # lazily, as the loader asks: the draws happen when they did before
+            self.epoch_indices.append(index)
+            yield index
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getattr__(self, name: str):
+        if name == "sampler":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
+
+def batch_image_ids(trainer: Trainer, batch_index: int) -> list[str]:
+    """image_ids of one batch of the current epoch ([] when the dataset cannot name its items)."""
+    sampler, size = trainer.loader.sampler, trainer.loader.batch_size
+    if not isinstance(sampler, RecordedSampler) or not hasattr(trainer.dataset, "image_id"):
+        return []
+    positions = sampler.epoch_indices[batch_index * size : (batch_index + 1) * size]
+    return list(dict.fromkeys(trainer.dataset.image_id(int(i)) for i in positions))  # a patch data set repeats images
 
 
 def resume(trainer: Trainer) -> dict:
@@ -323,14 +356,20 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
     return running.item() / max(seen, 1), weight_rows
 
 
+MAX_NAMED_IMAGES = 32  # a training error lists at most this many image ids
+
+
 def _stop_if_non_finite(trainer: Trainer, bad_batch: int, epoch: int, first_step: int) -> None:
     """Stop with the step and batch of the first non-finite loss of the epoch (-1: none so far)."""
     if bad_batch < 0:
         return
     cfg = trainer.cfg
+    ids = batch_image_ids(trainer, bad_batch)
+    images = (f" Images of that batch: {', '.join(ids[:MAX_NAMED_IMAGES])}"
+              f"{f' and {len(ids) - MAX_NAMED_IMAGES} more' if len(ids) > MAX_NAMED_IMAGES else ''}." if ids else "")
     raise TrainingError(
         f"{cfg['experiment']} seed {cfg['seed']}: non-finite loss at epoch {epoch + 1}, batch {bad_batch + 1}, "
-        f"optimizer step {first_step + bad_batch}. The last good checkpoint "
+        f"optimizer step {first_step + bad_batch}.{images} The last good checkpoint "
         f"({trainer.run_dir / rundir.LAST_CHECKPOINT}) is kept. "
         "Lower the learning rate, check the loss parameters, or check the inputs of this batch."
     )

@@ -8,6 +8,7 @@ import torch
 from pipeline import training
 from pipeline.errors import TrainingError
 from pipeline.losses.weighting import normalise_weights
+from pipeline.data.datasets import ClassificationDataset
 from pipeline.tasks.classification import ClassificationTask
 from tests.helpers import tiny_classification_run
 
@@ -104,9 +105,26 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
         return Exploding(real_build(*args, **kwargs))
 
     monkeypatch.setattr(training, "build_loss", exploding_loss)
-    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch 1, optimizer step 0"):
+    fetched = []  # the items the loader fetched, in order (no workers): the first batch comes first
+    real_item = ClassificationDataset.__getitem__
+    monkeypatch.setattr(ClassificationDataset, "__getitem__", lambda self, i: (fetched.append(self.image_id(i)), real_item(self, i))[1])
+    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch 1, optimizer step 0") as error:
         training.train(run, threads=1)
     assert not (tmp_path / "results/tiny_ce/seed0/training_summary.json").exists()
+    first_batch = fetched[: run["train"]["batch_size"]]
+    assert len(set(first_batch)) == run["train"]["batch_size"]
+    assert f"Images of that batch: {', '.join(first_batch)}." in str(error.value)
+
+
+def test_the_recorded_sampler_passes_the_draws_through_and_keeps_the_epochs_indices():
+    generator = torch.Generator().manual_seed(3)
+    plain = list(torch.utils.data.RandomSampler(range(10), generator=generator))
+    recorded = training.RecordedSampler(torch.utils.data.RandomSampler(range(10), generator=generator.manual_seed(3)))
+    assert list(recorded) == plain == recorded.epoch_indices and len(recorded) == 10
+    assert recorded.generator is generator  # other attributes are the wrapped sampler's
+    loader = torch.utils.data.DataLoader(range(10), batch_size=4, sampler=recorded)
+    batches = [batch.tolist() for batch in loader]
+    assert batches[1] == recorded.epoch_indices[4:8]
 
 
 def test_non_finite_weights_stop_the_run_before_their_checkpoint(tmp_path, monkeypatch):

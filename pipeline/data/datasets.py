@@ -84,6 +84,10 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frame)
 
+    def image_id(self, i: int) -> str:
+        """The manifest's image_id of item i (named by training errors)."""
+        return str(self.frame["image_id"].iat[i])
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = self.decoded[i] if self.decoded is not None else read_rgb(self.paths[i])
         if self.seed is None:
@@ -175,6 +179,10 @@ class PatchDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.images) * self.patches_per_image
+
+    def image_id(self, i: int) -> str:
+        """The manifest's image_id of the image patch i is cut from (named by training errors)."""
+        return str(self.images.frame["image_id"].iat[i // self.patches_per_image])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # One deterministic random state per (seed, epoch, item): resumable and worker-independent.

@@ -4,6 +4,7 @@ or not, and resumed runs see the same draws as one process running straight thro
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -59,3 +60,15 @@ def test_item_seeding_leaves_the_callers_random_streams_alone(tmp_path):
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
     dataset = _dataset(tmp_path, seed=None)  # evaluation: no per-item seeding
     assert dataset[0][0].shape == (3, 8, 8)
+
+
+def test_a_patch_names_the_image_it_is_cut_from():
+    # patch i of an epoch is cut from image i // patches_per_image: training errors name that image
+    from types import SimpleNamespace
+
+    from pipeline.data.datasets import PatchDataset
+
+    dataset = object.__new__(PatchDataset)  # only the bookkeeping: no images decoded
+    dataset.images = SimpleNamespace(frame=pd.DataFrame({"image_id": ["face_a", "face_b"]}))
+    dataset.patches_per_image = 3
+    assert [dataset.image_id(i) for i in range(6)] == ["face_a"] * 3 + ["face_b"] * 3
