@@ -252,10 +252,10 @@ class RecordedSampler(Sampler):
 
 def batch_image_ids(trainer: Trainer, batch_index: int) -> list[str]:
     """image_ids of one batch of the current epoch ([] when the dataset cannot name its items)."""
-    sampler, size = trainer.loader.sampler, trainer.loader.batch_size
-    if not isinstance(sampler, RecordedSampler) or not hasattr(trainer.dataset, "image_id"):
+    if not hasattr(trainer.dataset, "image_id"):
         return []
-    positions = sampler.epoch_indices[batch_index * size : (batch_index + 1) * size]
+    size = trainer.loader.batch_size
+    positions = trainer.loader.sampler.epoch_indices[batch_index * size : (batch_index + 1) * size]
     return list(dict.fromkeys(trainer.dataset.image_id(int(i)) for i in positions))  # a patch data set repeats images
 
 
@@ -365,8 +365,8 @@ def _stop_if_non_finite(trainer: Trainer, bad_batch: int, epoch: int, first_step
         return
     cfg = trainer.cfg
     ids = batch_image_ids(trainer, bad_batch)
-    images = (f" Images of that batch: {', '.join(ids[:MAX_NAMED_IMAGES])}"
-              f"{f' and {len(ids) - MAX_NAMED_IMAGES} more' if len(ids) > MAX_NAMED_IMAGES else ''}." if ids else "")
+    more = f" and {len(ids) - MAX_NAMED_IMAGES} more" if len(ids) > MAX_NAMED_IMAGES else ""
+    images = f" Images of that batch: {', '.join(ids[:MAX_NAMED_IMAGES])}{more}." if ids else ""
     raise TrainingError(
         f"{cfg['experiment']} seed {cfg['seed']}: non-finite loss at epoch {epoch + 1}, batch {bad_batch + 1}, "
         f"optimizer step {first_step + bad_batch}.{images} The last good checkpoint "
@@ -381,8 +381,11 @@ def _stop_if_weights_non_finite(trainer: Trainer, epoch: int, step: int) -> None
     to write NaN into the weight gradient of kernel taps that only ever meet padding (a stride-2 3x3
     convolution whose input is 1x1 pixel; docs/BENCHMARKS.md §7 (f)); the bf16 forward skips those taps, so
     the loss stays finite while a float32 or ONNX run of the saved model would give NaN."""
-    for name, tensor in [*trainer.model.named_parameters(), *trainer.model.named_buffers()]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    named = [(name, t) for name, t in (*trainer.model.named_parameters(), *trainer.model.named_buffers())
+             if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()  # one host sync, not one per tensor
+    for (name, tensor), ok in zip(named, finite):
+        if not ok:
             cfg = trainer.cfg
             raise TrainingError(
                 f"{cfg['experiment']} seed {cfg['seed']}: non-finite values in {name} {tuple(tensor.shape)} after "

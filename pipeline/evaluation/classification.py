@@ -33,7 +33,6 @@ import scipy.stats
 import sklearn
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
-    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     multilabel_confusion_matrix,
@@ -172,12 +171,24 @@ def _bootstrapped_statistics(n_classes: int, present: np.ndarray) -> Callable[..
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
             f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=np.nan)
-            balanced = balanced_accuracy_score(y_true, y_pred) if all_present else math.nan
+        balanced = balanced_accuracy(y_true, y_pred) if all_present else math.nan
         f1 = np.where(in_sample, f1, np.nan)  # no F1 for a class without true cases
         macro_auc = float(np.mean(aucs[present])) if all_present and present.any() else math.nan
         return np.concatenate([[balanced, macro_auc], f1, aucs])
 
     return statistic
+
+
+def balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """Balanced accuracy: the mean recall over the classes present in y_true (a predicted class with no
+    true image does not count), as ``sklearn.metrics.balanced_accuracy_score`` (checked in the tests)
+    but in numpy, bit for bit: it runs once per bootstrap resample (evaluate) and resamples x seeds
+    times per experiment (the paired comparison), where scikit-learn's input checks took 4.7 ms a
+    call (16 of the default comparison's 20 s)."""
+    classes, true_index = np.unique(y_true, return_inverse=True)
+    support = np.bincount(true_index, minlength=len(classes))
+    hits = np.bincount(true_index[np.asarray(y_true) == np.asarray(pred)], minlength=len(classes))
+    return float(np.mean(hits / support))
 
 
 def per_class_auc(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
