@@ -36,6 +36,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "train": {
             "epochs": 10, "batch_size": 32, "image_size": 64, "crop_pct": 1.0, "augment": True, "amp": "auto", "channels_last": "auto",
             "normalise_on_device": "auto",  # uint8 batches to the GPU, normalised there (pipeline/training.py)
+            "augment_on_device": "auto",  # the colour jitter per image on the GPU's batch (pipeline/training.py)
             "decode_cache": "data/cache",  # decode each image once (pipeline/data/cache.py); null: per item
             "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "fused": "auto"},

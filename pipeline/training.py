@@ -139,7 +139,7 @@ class Trainer:
     run_id: str
     sync_every: int = 1  # steps between host reads of the loss (every step on CPU; 50 on GPU)
     memory_format: torch.memory_format = torch.contiguous_format  # of the model and its input batches
-    input_transform: Callable | None = None  # applied to each input batch on the device (normalise_on_device)
+    input_transform: Callable | None = None  # applied to each input batch on the device (normalise/augment_on_device)
 
     def device_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """A loader batch on the device, in the model's memory layout (normalised there if asked)."""
@@ -189,11 +189,16 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     loss_spec = dict(cfg["loss"])
     criterion = build_loss(loss_spec.pop("name"), num_classes=task.num_outputs, class_counts=counts, **loss_spec).to(device)
     # train.normalise_on_device (auto: on CUDA, for a task that can): uint8 batches cross to the
-    # device and are normalised there; on the CPU the same arithmetic in the loader (same numbers)
-    on_device = auto_flag(cfg["train"].get("normalise_on_device", "auto"), device) and hasattr(task, "batch_normaliser")
-    dataset = (task.train_dataset(train_frame, model, seed, normalise=False) if on_device
-               else task.train_dataset(train_frame, model, seed))
-    input_transform = task.batch_normaliser(model) if on_device else None
+    # device and are normalised there; on the CPU the same arithmetic in the loader (same numbers).
+    # train.augment_on_device (auto: on CUDA): the colour jitter too, per image on the whole batch;
+    # the loader's workers keep the crops, flips and turns (ResNet-50 at 224 px on an H200 waited
+    # for the workers' per-image colour jitter 83% of the time, docs/BENCHMARKS.md §7)
+    can = hasattr(task, "batch_transform")
+    jitter_on_device = can and auto_flag(cfg["train"].get("augment_on_device", "auto"), device) and task.jitters_colour()
+    on_device = can and (jitter_on_device or auto_flag(cfg["train"].get("normalise_on_device", "auto"), device))
+    dataset = (task.train_dataset(train_frame, model, seed, normalise=False, colour_jitter=not jitter_on_device)
+               if on_device else task.train_dataset(train_frame, model, seed))
+    input_transform = task.batch_transform(model, seed, colour_jitter=jitter_on_device) if on_device else None
     sampler = task.train_sampler(dataset, seed, world_size, rank)
     shuffle_generator = torch.Generator()
     if sampler is None and world_size > 1:  # plain shuffling, sharded across torchrun ranks
@@ -299,6 +304,8 @@ def run_epoch(trainer: Trainer, state: dict, epoch: int, track_weights: bool) ->
         trainer.loader.sampler.set_epoch(epoch)
     if hasattr(trainer.dataset, "set_epoch"):
         trainer.dataset.set_epoch(epoch)
+    if hasattr(trainer.input_transform, "set_epoch"):  # the colour jitter drawn on the device
+        trainer.input_transform.set_epoch(epoch)
     trainer.net.train()
     # Running sums stay on the device: reading a loss (.item(), a finiteness test) makes the host wait
     # for the GPU, so it happens every `sync_every` steps (every step on CPU, where it costs nothing).

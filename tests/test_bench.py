@@ -12,6 +12,7 @@ def test_bench_reports_rates_over_all_timed_steps(tmp_path):
     result = bench(tiny_classification_run(tmp_path, normalise_on_device=True), steps=4, warmup=1, threads=1)
     real, limit = result["pipeline"], result["model_limit"]
     assert real["batch_size"] == 8 and real["loader_dtype"] == "uint8" and result["normalise_on_device"]
+    assert not result["augment_on_device"]  # auto: on CUDA only
     # the rate is images over the summed step times, so rate x mean step = one batch
     assert real["images_per_second"] * real["step_ms"] / 1e3 == pytest.approx(8)
     assert 0 <= real["data_wait_share"] < 1 and real["median_step_ms"] > 0
@@ -28,3 +29,8 @@ def test_set_overrides_only_settings_the_run_has():
     for bad in ("train.chanels_last=false", "train.channels_last", "model.name=resnet18"):
         with pytest.raises(ConfigError, match="--set"):
             set_dotted(run, bad)
+
+
+def test_bench_says_when_the_colour_jitter_runs_on_the_device(tmp_path):
+    result = bench(tiny_classification_run(tmp_path, augment_on_device=True), steps=2, warmup=1, threads=1)
+    assert result["augment_on_device"] and result["normalise_on_device"] and result["pipeline"]["loader_dtype"] == "uint8"

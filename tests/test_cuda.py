@@ -79,8 +79,10 @@ def test_a_classifier_trains_and_predicts_on_cuda_and_its_checkpoint_runs_on_the
     # on CUDA `auto` gives the channels-last layout and the fused AdamW step (cfg: channels_last, fused)
     trainer = training.setup(tiny_classification_run(tmp_path / "setup", device="cuda"), threads=1)
     assert trainer.memory_format == torch.channels_last and trainer.optimizer.defaults["fused"] is True
-    inputs, _ = next(iter(trainer.loader))  # uint8 from the loader, normalised on the GPU
+    inputs, _ = next(iter(trainer.loader))  # uint8 from the loader, colour-jittered and normalised on the GPU
     assert inputs.dtype == torch.uint8 and trainer.device_inputs(inputs).dtype == torch.float32
+    assert trainer.input_transform.colour_jitter is not None  # train.augment_on_device: auto
+    assert not any(type(t).__name__ == "ColorJitter" for t in trainer.dataset.transform.transforms)
     assert trainer.device_inputs(inputs).is_cuda
     assert next(trainer.model.parameters()).is_cuda
     frame = pd.read_csv(predict.predict_run(run))
@@ -128,3 +130,13 @@ def test_the_default_segmenter_steps_on_cuda_with_mixed_precision():
     optimizer.step()
     assert torch.isfinite(value)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_batch_colour_jitter_on_cuda_matches_the_cpu():
+    from pipeline.data.transforms import BatchColourJitter, colour_jitter_batch
+
+    batch = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    factors, order = BatchColourJitter(seed=2, brightness=0.5, contrast=0.5, saturation=0.5, hue=0.3).draw(len(batch))
+    on_gpu = colour_jitter_batch(batch.to(CUDA), factors, order)
+    assert on_gpu.is_cuda
+    assert (on_gpu.cpu() - colour_jitter_batch(batch, factors, order)).abs().max() < 1e-4

@@ -58,8 +58,10 @@ BF16 = {"amp": True, "image_size": 32}  # bf16 autocast on the CPU (the default 
 
 
 @pytest.mark.parametrize("sampler, workers, precision", [(None, 0, {}), (OVERSAMPLE, 0, {}), (HARD, 0, {}), (None, 2, {}),
-                                                         (None, 0, BF16), (OVERSAMPLE, 2, BF16)],
-                         ids=["shuffle", "oversample", "hard_examples", "shuffle_2_workers", "bf16", "bf16_oversample_2_workers"])
+                                                         (None, 0, BF16), (OVERSAMPLE, 2, BF16),
+                                                         (None, 2, {"augment_on_device": True})],
+                         ids=["shuffle", "oversample", "hard_examples", "shuffle_2_workers", "bf16", "bf16_oversample_2_workers",
+                              "colour_jitter_on_device_2_workers"])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler, workers, precision):
     # with workers, the reference runs in one process: augmentation must not depend on the worker count.
     # Three epochs: persistent workers keep one loader iterator from the second epoch on
@@ -329,3 +331,27 @@ def test_normalising_on_the_device_trains_the_same_model_bit_for_bit(tmp_path):
     weights = [state(tmp_path / name / "results" / "tiny_ce" / "seed0" / "checkpoints" / "last.pt")["model"]
                for name in ("loader", "device")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_colour_jitter_on_the_device(tmp_path):
+    # train.augment_on_device (auto: on CUDA): the loader leaves the colour jitter out and sends uint8,
+    # the trainer jitters each image of the batch with draws of its own, then normalises
+    trainer = training.setup(run_with(tmp_path / "probe", augment_on_device=True), threads=1)
+    assert not any(type(t).__name__ == "ColorJitter" for t in trainer.dataset.transform.transforms)
+    inputs, _ = next(iter(trainer.loader))
+    assert inputs.dtype == torch.uint8
+    trainer.input_transform.set_epoch(0)
+    jittered = trainer.device_inputs(inputs)
+    plain = training.setup(run_with(tmp_path / "plain", normalise_on_device=True), threads=1)
+    assert plain.input_transform.colour_jitter is None
+    normalised = plain.device_inputs(inputs)
+    assert jittered.dtype == torch.float32 and jittered.shape == normalised.shape
+    moved = (jittered - normalised).abs().flatten(1).amax(dim=1)
+    assert (moved > 1e-3).all() and (moved < 1.0).all()  # every image jittered a little (normalised units)
+    trainer.input_transform.set_epoch(0)
+    assert torch.equal(trainer.device_inputs(inputs), jittered)  # the epoch's draws repeat
+    summary = training.train(run_with(tmp_path / "run", augment_on_device=True), threads=1)
+    assert all(math.isfinite(row["train_loss"]) for row in summary["history"])
+    # without the full augmentation there is no colour jitter to move: the loader path as before
+    flips = training.setup(run_with(tmp_path / "flips", augment="flips", augment_on_device=True), threads=1)
+    assert flips.input_transform is None

@@ -12,13 +12,17 @@ from pipeline.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# the training augmentation's colour jitter, kept small because colour is diagnostic
+COLOUR_JITTER = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.05, "hue": 0.02}
 
 
 def classification_transform(image_size: int, *, train: bool, augment: bool | str = True, crop_pct: float = 1.0,
                              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                             normalise: bool = True) -> v2.Compose:
+                             normalise: bool = True, colour_jitter: bool = True) -> v2.Compose:
     """uint8 HWC numpy -> normalised float CHW tensor, ``image_size`` square (``normalise=False``:
-    the uint8 CHW tensor before normalisation, for :func:`normalise_batch` on the device).
+    the uint8 CHW tensor before normalisation, for :func:`normalise_batch` on the device;
+    ``colour_jitter=False``: without the colour jitter, which :class:`BatchColourJitter` then applies
+    to the batch on the device).
 
     ``augment`` (training only): True = RandomResizedCrop of 70-100% of the area at aspect 0.9-1.1
     (the image is cropped, never stretched), flips, 90° rotations and colour jitter; ``"flips"`` =
@@ -46,8 +50,9 @@ def classification_transform(image_size: int, *, train: bool, augment: bool | st
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
             v2.RandomApply([v2.RandomRotation(degrees=(90, 90))], p=0.5),
-            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.05, hue=0.02),
         ]
+        if colour_jitter:
+            steps.append(v2.ColorJitter(**COLOUR_JITTER))
     else:
         steps += [v2.Resize(math.floor(image_size / crop_pct), antialias=True), v2.CenterCrop(image_size)]
         if train and augment == "flips":
@@ -66,6 +71,98 @@ def normalise_batch(batch: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     the arithmetic runs on the device (what timm's PrefetchLoader does)."""
     batch = v2.functional.to_dtype(batch, torch.float32, scale=True)
     return v2.functional.normalize(batch, mean=list(mean), std=list(std))
+
+
+def _blend(batch: torch.Tensor, other: torch.Tensor | float, ratio: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_blend`` of float images with one ratio per image: ratio x + (1 - ratio) other, clamped."""
+    ratio = ratio[:, None, None, None]
+    return (batch * ratio + other * (1 - ratio)).clamp_(0.0, 1.0)
+
+
+def _hue_shift(batch: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` (via HSV, as Pillow) with one shift per image, in turns."""
+    from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv  # batched; the public function takes one float
+
+    hsv = _rgb_to_hsv(batch)
+    hsv[:, 0] = (hsv[:, 0] + shift[:, None, None]).remainder_(1.0)
+    return _hsv_to_rgb(hsv)
+
+
+def colour_jitter_batch(batch: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """torchvision's ColorJitter on a float (N, 3, H, W) batch in [0, 1] with each image's own draws:
+    ``factors`` (N, 4) = brightness, contrast, saturation, hue factors (1, 1, 1, 0 leave an image as
+    it is), ``order`` (N, 4) = each image's permutation of those four operations, as ColorJitter's
+    ``randperm(4)``. Each operation is torchvision's float arithmetic, clamped after each as there;
+    every image is processed as ``adjust_*`` would process it alone (tests/data/test_transforms.py).
+    The loader's per-image path works on uint8 images and rounds after each operation; this stays in
+    float, so the two agree to within that rounding."""
+    if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
+        raise ValueError(f"colour_jitter_batch needs a float (N, 3, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
+    factors = factors.to(batch.device, batch.dtype)
+    order = order.to(batch.device)
+    luma = torch.tensor([0.2989, 0.587, 0.114], device=batch.device, dtype=batch.dtype)  # torchvision's grayscale
+    out = batch.clone()
+    for slot in range(4):
+        for op in range(4):
+            rows = (order[:, slot] == op).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            x, f = out[rows], factors[rows, op]
+            if op == 0:  # brightness: a blend with black
+                x = _blend(x, 0.0, f)
+            elif op == 1:  # contrast: a blend with the image's mean grey
+                x = _blend(x, torch.einsum("c,nchw->nhw", luma, x).mean(dim=(1, 2))[:, None, None, None], f)
+            elif op == 2:  # saturation: a blend with the image's greyscale
+                x = _blend(x, torch.einsum("c,nchw->nhw", luma, x)[:, None], f)
+            else:
+                x = _hue_shift(x, f)
+            out[rows] = x
+    return out
+
+
+class BatchColourJitter:
+    """The training augmentation's colour jitter for a whole batch on its device (``train.augment_on_device``):
+    factors drawn per image, uniformly in [1 - x, 1 + x] (brightness, contrast, saturation) and
+    [-x, x] (hue), and an order of the four, as torchvision's ColorJitter, from a CPU generator of its own that
+    :meth:`set_epoch` re-seeds, so the draws do not depend on the device or on how many loader
+    workers there are, and a resumed run draws what an uninterrupted one did."""
+
+    def __init__(self, seed: int, brightness: float = COLOUR_JITTER["brightness"], contrast: float = COLOUR_JITTER["contrast"],
+                 saturation: float = COLOUR_JITTER["saturation"], hue: float = COLOUR_JITTER["hue"]) -> None:
+        self.seed = seed
+        self.ranges = torch.tensor([brightness, contrast, saturation, hue], dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4) factors and (N, 4) orders for the next ``n`` images."""
+        u = torch.rand(n, 4, generator=self.generator, dtype=torch.float64) * 2 - 1  # in [-1, 1)
+        factors = u * self.ranges + torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+        order = torch.rand(n, 4, generator=self.generator).argsort(dim=1)  # a uniform permutation per image
+        return factors, order
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return colour_jitter_batch(batch, *self.draw(len(batch)))
+
+
+class BatchTransform:
+    """What the loader leaves out of a uint8 training batch, applied on the device: to float in
+    [0, 1], the colour jitter if given (:class:`BatchColourJitter`), then the normalisation."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], colour_jitter: BatchColourJitter | None = None) -> None:
+        self.mean, self.std, self.colour_jitter = list(mean), list(std), colour_jitter
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.colour_jitter is not None:
+            self.colour_jitter.set_epoch(epoch)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.colour_jitter is None:
+            return normalise_batch(batch, self.mean, self.std)
+        batch = self.colour_jitter(v2.functional.to_dtype(batch, torch.float32, scale=True))
+        return v2.functional.normalize(batch, mean=self.mean, std=self.std)
 
 
 def normalise_image(image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:

@@ -54,9 +54,10 @@ class Task(Protocol):
 
     def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int) -> Dataset:
         """The training split as (input, target) pairs, augmented; may use the model's normalisation.
-        A task whose inputs can be normalised on the device also takes ``normalise=False`` (uint8
-        inputs) and has ``batch_normaliser(model)``, the batch function the trainer then applies
-        after the transfer (``train.normalise_on_device``; classification)."""
+        A task whose inputs can be finished on the device also takes ``normalise=False`` (uint8
+        inputs) and ``colour_jitter=False``, and has ``batch_transform(model, seed, colour_jitter)``,
+        the batch function the trainer then applies after the transfer (``train.normalise_on_device``,
+        ``train.augment_on_device``; classification)."""
         ...
 
     def train_sampler(self, dataset: Dataset, seed: int, num_replicas: int, rank: int) -> Sampler | None:

@@ -3,7 +3,6 @@ and the post-hoc logit offsets the predict stage may fit on the validation split
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader
 from pipeline import rundir
 from pipeline.data.datasets import ClassificationDataset
 from pipeline.data.manifest import class_counts
-from pipeline.data.transforms import classification_transform, normalise_batch
+from pipeline.data.transforms import BatchColourJitter, BatchTransform, classification_transform
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.losses import loss_head, loss_parameters
 from pipeline.models import HEADS, build_classifier
@@ -160,16 +159,22 @@ class ClassificationTask:
         return class_counts(train_frame, self.classes)
 
     def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int,
-                      normalise: bool = True) -> ClassificationDataset:
-        """``normalise=False``: uint8 inputs, normalised on the device by :meth:`batch_normaliser`."""
+                      normalise: bool = True, colour_jitter: bool = True) -> ClassificationDataset:
+        """``normalise=False``: uint8 inputs, finished on the device by :meth:`batch_transform`
+        (``colour_jitter=False``: its colour jitter there too)."""
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=True, augment=train["augment"],
-                                             crop_pct=train["crop_pct"], normalise=normalise, **self._normalisation(model))
+                                             crop_pct=train["crop_pct"], normalise=normalise, colour_jitter=colour_jitter,
+                                             **self._normalisation(model))
         return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed, cache_dir=self._cache_dir)
 
-    def batch_normaliser(self, model: torch.nn.Module):
-        """The normalisation the training dataset leaves out with ``normalise=False``, for a batch."""
-        return functools.partial(normalise_batch, **self._normalisation(model))
+    def jitters_colour(self) -> bool:
+        """Whether the training augmentation holds a colour jitter (``train.augment: true``)."""
+        return self.cfg["train"]["augment"] is True
+
+    def batch_transform(self, model: torch.nn.Module, seed: int, colour_jitter: bool = False) -> BatchTransform:
+        """What the training dataset leaves out with ``normalise=False`` (and ``colour_jitter=False``), for a batch."""
+        return BatchTransform(**self._normalisation(model), colour_jitter=BatchColourJitter(seed) if colour_jitter else None)
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):
         return build_sampler(self.cfg["sampler"], dataset.targets, self.classes, seed,

@@ -60,3 +60,67 @@ def test_training_crops_are_not_stretched_either():
 def test_bad_crop_pct():
     with pytest.raises(ValueError, match="crop_pct"):
         classification_transform(64, train=False, crop_pct=1.5)
+
+
+# --- the colour jitter on the device (train.augment_on_device) ---------------------------------------
+
+def _jitter_one_by_one(batch, factors, order):
+    """torchvision's public adjust_* functions, image by image, in each image's order."""
+    from torchvision.transforms.v2 import functional as F
+
+    functions = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue]
+    out = []
+    for image, image_factors, image_order in zip(batch, factors, order):
+        for op in image_order.tolist():
+            image = functions[op](image, float(image_factors[op]))
+        out.append(image)
+    return torch.stack(out)
+
+
+def test_batch_colour_jitter_is_torchvisions_per_image():
+    from pipeline.data.transforms import BatchColourJitter, colour_jitter_batch
+
+    batch = torch.rand(24, 3, 10, 12, generator=torch.Generator().manual_seed(0))
+    # large factors, so that every operation (and its clamp) moves the pixels
+    jitter = BatchColourJitter(seed=5, brightness=0.5, contrast=0.5, saturation=0.5, hue=0.3)
+    factors, order = jitter.draw(len(batch))
+    assert len({tuple(row) for row in order.tolist()}) > 5  # each image its own order ...
+    assert len(set(factors[:, 3].tolist())) == len(batch)  # ... and its own factors
+    assert torch.allclose(colour_jitter_batch(batch, factors, order), _jitter_one_by_one(batch, factors, order), atol=1e-5)
+
+
+def test_batch_colour_jitter_draws_torchvisions_ranges_and_repeats_per_epoch():
+    from pipeline.data.transforms import COLOUR_JITTER, BatchColourJitter
+
+    jitter = BatchColourJitter(seed=1)
+    jitter.set_epoch(3)
+    factors, order = jitter.draw(4000)
+    for column, name in enumerate(["brightness", "contrast", "saturation"]):
+        width = COLOUR_JITTER[name]
+        assert 1 - width <= factors[:, column].min() < 1 - 0.9 * width and 1 + 0.9 * width < factors[:, column].max() <= 1 + width
+    assert -0.02 <= factors[:, 3].min() < -0.018 and 0.018 < factors[:, 3].max() <= 0.02
+    assert torch.equal(order.sort(dim=1).values, torch.arange(4).expand(4000, 4))  # permutations
+    assert (order[:, 0] == 3).float().mean().item() == pytest.approx(0.25, abs=0.03)  # each op first a quarter of the time
+    jitter.set_epoch(3)
+    again = jitter.draw(4000)
+    jitter.set_epoch(4)
+    other = jitter.draw(4000)
+    assert torch.equal(again[0], factors) and torch.equal(again[1], order) and not torch.equal(other[0], factors)
+
+
+def test_batch_colour_jitter_refuses_a_uint8_or_grey_batch():
+    from pipeline.data.transforms import BatchColourJitter
+
+    with pytest.raises(ValueError, match="float"):
+        BatchColourJitter(seed=0)(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        BatchColourJitter(seed=0)(torch.zeros(2, 1, 4, 4))
+
+
+def test_training_transform_without_its_colour_jitter():
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    with_jitter = classification_transform(32, train=True, normalise=False)
+    without = classification_transform(32, train=True, normalise=False, colour_jitter=False)
+    assert any(type(t).__name__ == "ColorJitter" for t in with_jitter.transforms)
+    assert not any(type(t).__name__ == "ColorJitter" for t in without.transforms)
+    assert without(image).dtype == torch.uint8
