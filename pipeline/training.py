@@ -198,7 +198,7 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     on_device = can and (jitter_on_device or auto_flag(cfg["train"].get("normalise_on_device", "auto"), device))
     dataset = (task.train_dataset(train_frame, model, seed, normalise=False, colour_jitter=not jitter_on_device)
                if on_device else task.train_dataset(train_frame, model, seed))
-    input_transform = task.batch_transform(model, seed, colour_jitter=jitter_on_device) if on_device else None
+    input_transform = task.batch_transform(model, seed, colour_jitter=jitter_on_device, rank=rank) if on_device else None
     sampler = task.train_sampler(dataset, seed, world_size, rank)
     shuffle_generator = torch.Generator()
     if sampler is None and world_size > 1:  # plain shuffling, sharded across torchrun ranks

@@ -124,17 +124,19 @@ class BatchColourJitter:
     """The training augmentation's colour jitter for a whole batch on its device (``train.augment_on_device``):
     factors drawn per image, uniformly in [1 - x, 1 + x] (brightness, contrast, saturation) and
     [-x, x] (hue), and an order of the four, as torchvision's ColorJitter, from a CPU generator of its own that
-    :meth:`set_epoch` re-seeds, so the draws do not depend on the device or on how many loader
-    workers there are, and a resumed run draws what an uninterrupted one did."""
+    :meth:`set_epoch` re-seeds from (seed, epoch, stream), so the draws do not depend on the device or on
+    how many loader workers there are, and a resumed run draws what an uninterrupted one did. ``stream``:
+    the torchrun rank, so that ranks draw apart."""
 
     def __init__(self, seed: int, brightness: float = COLOUR_JITTER["brightness"], contrast: float = COLOUR_JITTER["contrast"],
-                 saturation: float = COLOUR_JITTER["saturation"], hue: float = COLOUR_JITTER["hue"]) -> None:
-        self.seed = seed
+                 saturation: float = COLOUR_JITTER["saturation"], hue: float = COLOUR_JITTER["hue"], stream: int = 0) -> None:
+        self.seed, self.stream = seed, stream
         self.ranges = torch.tensor([brightness, contrast, saturation, hue], dtype=torch.float64)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator()
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self.generator.manual_seed((self.seed * 1_000_003 + epoch * 100_003 + self.stream * 7_919) % 2**63)
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 4) factors and (N, 4) orders for the next ``n`` images."""

@@ -172,9 +172,11 @@ class ClassificationTask:
         """Whether the training augmentation holds a colour jitter (``train.augment: true``)."""
         return self.cfg["train"]["augment"] is True
 
-    def batch_transform(self, model: torch.nn.Module, seed: int, colour_jitter: bool = False) -> BatchTransform:
-        """What the training dataset leaves out with ``normalise=False`` (and ``colour_jitter=False``), for a batch."""
-        return BatchTransform(**self._normalisation(model), colour_jitter=BatchColourJitter(seed) if colour_jitter else None)
+    def batch_transform(self, model: torch.nn.Module, seed: int, colour_jitter: bool = False, rank: int = 0) -> BatchTransform:
+        """What the training dataset leaves out with ``normalise=False`` (and ``colour_jitter=False``), for a
+        batch; the jitter's draws are this rank's own."""
+        jitter = BatchColourJitter(seed, stream=rank) if colour_jitter else None
+        return BatchTransform(**self._normalisation(model), colour_jitter=jitter)
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):
         return build_sampler(self.cfg["sampler"], dataset.targets, self.classes, seed,

@@ -106,6 +106,9 @@ def test_batch_colour_jitter_draws_torchvisions_ranges_and_repeats_per_epoch():
     jitter.set_epoch(4)
     other = jitter.draw(4000)
     assert torch.equal(again[0], factors) and torch.equal(again[1], order) and not torch.equal(other[0], factors)
+    rank_1 = BatchColourJitter(seed=1, stream=1)
+    rank_1.set_epoch(3)
+    assert not torch.equal(rank_1.draw(4000)[0], factors)  # torchrun ranks draw apart
 
 
 def test_batch_colour_jitter_refuses_a_uint8_or_grey_batch():
