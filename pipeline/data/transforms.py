@@ -20,7 +20,7 @@ def classification_transform(image_size: int, *, train: bool, augment: bool | st
                              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                              normalise: bool = True, colour_jitter: bool = True) -> v2.Compose:
     """uint8 HWC numpy -> normalised float CHW tensor, ``image_size`` square (``normalise=False``:
-    the uint8 CHW tensor before normalisation, for :func:`normalise_batch` on the device;
+    the uint8 CHW tensor before normalisation, for :class:`BatchTransform` on the device;
     ``colour_jitter=False``: without the colour jitter, which :class:`BatchColourJitter` then applies
     to the batch on the device).
 
@@ -63,16 +63,6 @@ def classification_transform(image_size: int, *, train: bool, augment: bool | st
     return v2.Compose(steps)
 
 
-def normalise_batch(batch: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> normalised float32, by the same two functions as the per-image path of
-    :func:`classification_transform` (so the same numbers). On a GPU the loader then moves uint8
-    batches, a quarter of the float32 bytes through worker queues, pinned memory and the bus, and
-    the arithmetic runs on the device (what timm's PrefetchLoader does)."""
-    batch = v2.functional.to_dtype(batch, torch.float32, scale=True)
-    return v2.functional.normalize(batch, mean=list(mean), std=list(std))
-
-
 def _blend(batch: torch.Tensor, other: torch.Tensor | float, ratio: torch.Tensor) -> torch.Tensor:
     """torchvision's ``_blend`` of float images with one ratio per image: ratio x + (1 - ratio) other, clamped."""
     ratio = ratio[:, None, None, None]
@@ -100,7 +90,7 @@ def colour_jitter_batch(batch: torch.Tensor, factors: torch.Tensor, order: torch
         raise ValueError(f"colour_jitter_batch needs a float (N, 3, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
     factors = factors.to(batch.device, batch.dtype)
     order = order.to(batch.device)
-    luma = torch.tensor([0.2989, 0.587, 0.114], device=batch.device, dtype=batch.dtype)  # torchvision's grayscale
+    grey = v2.functional.rgb_to_grayscale  # (N, 1, H, W), the greyscale torchvision's adjust_* blend with
     out = batch.clone()
     for slot in range(4):
         for op in range(4):
@@ -111,9 +101,9 @@ def colour_jitter_batch(batch: torch.Tensor, factors: torch.Tensor, order: torch
             if op == 0:  # brightness: a blend with black
                 x = _blend(x, 0.0, f)
             elif op == 1:  # contrast: a blend with the image's mean grey
-                x = _blend(x, torch.einsum("c,nchw->nhw", luma, x).mean(dim=(1, 2))[:, None, None, None], f)
+                x = _blend(x, grey(x).mean(dim=(1, 2, 3), keepdim=True), f)
             elif op == 2:  # saturation: a blend with the image's greyscale
-                x = _blend(x, torch.einsum("c,nchw->nhw", luma, x)[:, None], f)
+                x = _blend(x, grey(x), f)
             else:
                 x = _hue_shift(x, f)
             out[rows] = x
@@ -151,7 +141,11 @@ class BatchColourJitter:
 
 class BatchTransform:
     """What the loader leaves out of a uint8 training batch, applied on the device: to float in
-    [0, 1], the colour jitter if given (:class:`BatchColourJitter`), then the normalisation."""
+    [0, 1], the colour jitter if given (:class:`BatchColourJitter`), then the normalisation, by the
+    same two functions as the per-image path of :func:`classification_transform` (so the same
+    numbers). On a GPU the loader then moves uint8 batches, a quarter of the float32 bytes through
+    worker queues, pinned memory and the bus, and the arithmetic runs on the device (what timm's
+    PrefetchLoader does)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], colour_jitter: BatchColourJitter | None = None) -> None:
         self.mean, self.std, self.colour_jitter = list(mean), list(std), colour_jitter
@@ -161,9 +155,9 @@ class BatchTransform:
             self.colour_jitter.set_epoch(epoch)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.colour_jitter is None:
-            return normalise_batch(batch, self.mean, self.std)
-        batch = self.colour_jitter(v2.functional.to_dtype(batch, torch.float32, scale=True))
+        batch = v2.functional.to_dtype(batch, torch.float32, scale=True)
+        if self.colour_jitter is not None:
+            batch = self.colour_jitter(batch)
         return v2.functional.normalize(batch, mean=self.mean, std=self.std)
 
 
