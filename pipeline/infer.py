@@ -15,8 +15,9 @@ Outputs (each file written atomically; a run that stops leaves no half-written f
   with a validation operating point ``call_<CLASS>`` (prob >= the threshold chosen on validation
   for 95% specificity);
 - segmentation: ``masks/<id>.png`` (label maps), ``overlays/<id>.png`` (lesions drawn over the photo)
-  and ``lesion_counts.csv``: image_id, n_<type>..., n_lesions, n_lesions_calibrated (with a count
-  calibration fitted on validation), grade, grade_label (the dataset's grading thresholds);
+  and ``lesion_counts.csv``: image_id, n_<type>..., n_lesions, lesion_mass (summed lesion probability
+  at or above the lesion threshold, pixels), n_lesions_calibrated (with a count calibration fitted on
+  validation, from n_lesions or lesion_mass), grade, grade_label (the dataset's grading thresholds);
 - ``explain/<id>.png`` with ``--explain`` (classification): the evaluation crop tinted by Grad-CAM++
   for the predicted class (pipeline.saliency);
 - ``skipped.csv`` with ``--skip-bad``: each unreadable image and the reason. Without it the first
@@ -195,8 +196,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
 
 
 def _segment(task, model, frame, cfg: dict, run_dir: Path, out: Path, device, amp_dtype) -> Path:
-    from pipeline.evaluation.instances import calibrated_counts, grade_labels, predicted_instances
-    from pipeline.tasks.segmentation import lesion_label_map
+    from pipeline.evaluation.instances import calibrated_counts, calibration_inputs, grade_labels, predicted_instances
+    from pipeline.tasks.segmentation import lesion_label_map, lesion_mass
 
     if cfg["predict"].get("tune_postprocessing"):
         task.tuned = rundir.read_postprocessing(run_dir)  # chosen on validation by the predict stage
@@ -209,18 +210,21 @@ def _segment(task, model, frame, cfg: dict, run_dir: Path, out: Path, device, am
     rows = []
     for number, row in enumerate(progress(frame.itertuples(index=False), "segmenting", total=len(frame), unit="image"), start=1):
         image = read_rgb(row.image_path)
-        labels = lesion_label_map(task.probabilities(model, image, device, amp_dtype), **settings)
+        probs = task.probabilities(model, image, device, amp_dtype)
+        labels = lesion_label_map(probs, **settings)
+        mass = lesion_mass(probs, settings["lesion_threshold"])
         instances = predicted_instances(labels, **settings["split"])
         ids = np.unique(instances[instances > 0])
         lesion_types = [int(labels[instances == i][0]) for i in ids]
         counts = {f"n_{t}": lesion_types.count(k + 1) for k, t in enumerate(types)}
         total = len(ids)
-        graded = float(calibrated_counts([total], calibration)[0])  # the lesions found, or their calibrated count
+        # the lesions found, or the count calibrated from them or from the lesion mass
+        graded = float(calibrated_counts(calibration_inputs([total], [mass], calibration), calibration)[0])
         grade = int(grade_from_count([graded], thresholds)[0])
         write_png_atomic(labels, out / "masks" / f"{row.image_id}.png")
         write_png_atomic(overlay(image, labels), out / "overlays" / f"{row.image_id}.png")
         rows.append({"image_id": row.image_id, "image_path": row.image_path, **counts, "n_lesions": total,
-                     **({"n_lesions_calibrated": round(graded, 2)} if calibration else {}),
+                     "lesion_mass": round(mass, 1), **({"n_lesions_calibrated": round(graded, 2)} if calibration else {}),
                      "grade": grade, "grade_label": names[grade]})
         if number % PROGRESS_EVERY == 0 or number == len(frame):
             log.info("%d/%d images", number, len(frame))

@@ -62,8 +62,12 @@ def predict_run(cfg: dict, split: str = "test") -> Path:
                  tuned["min_lesion_area"], tuned["val_f1"])
         if tuned.get("count_calibration"):
             calibration = tuned["count_calibration"]
-            log.info("count calibration (%s) fitted on validation: count MAE %.2f -> %.2f lesions a photo",
-                     calibration["method"], calibration["val_count_mae_found"], calibration["val_count_mae"])
+            if calibration["count_from"] == "lesions":
+                log.info("count calibration (%s) fitted on validation: count MAE %.2f -> %.2f lesions a photo",
+                         calibration["method"], calibration["val_count_mae_found"], calibration["val_count_mae"])
+            else:
+                log.info("count calibration (%s, from the lesion mass) fitted on validation: count MAE %.2f lesions "
+                         "a photo", calibration["method"], calibration["val_count_mae"])
     if hasattr(task, "fit_post_hoc"):
         validation = frame[frame["split"] == "val"].reset_index(drop=True)
         if task.fit_post_hoc(model, validation, device, run_dir, amp_dtype=amp_dtype) is not None:

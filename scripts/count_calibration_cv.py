@@ -9,12 +9,15 @@ count a line / isotonic map fitted on other validation photos expects from them)
 
 For each run: its best checkpoint predicts the validation photos once (`SegmentationTask.grid_counts`,
 the tuning step's own counting); at the post-processing the tuning step chooses (lesion threshold and minimum area by lesion detection F1, the run's grid) each
-photo gives (lesions found, lesions annotated, annotated grade). Then, for each method of
-`pipeline.evaluation.instances.COUNT_CALIBRATIONS`, k-fold cross-validation over the validation
+photo gives (lesions found, lesions annotated, annotated grade) and its lesion mass at the chosen
+threshold (`pipeline.tasks.segmentation.lesion_mass`). Then, for each method of
+`pipeline.evaluation.instances.COUNT_CALIBRATIONS`, read from the lesions found and (`predict.count_from:
+lesion_mass`) from the lesion mass, k-fold cross-validation over the validation
 photos (fit on k-1 folds, grade the held-out fold; repeated with reshuffled folds) gives grading
 accuracy, quadratic kappa and count MAE. The test split is never read. `--out` keeps the per-photo
-counts of the whole grid of each run (photo, threshold, area, [matched, annotated, found]), with the
-grid, the annotated grades and the grading thresholds; `--counts` reads them back.
+counts of the whole grid of each run (photo, threshold, area, [matched, annotated, found]) and the
+lesion masses (photo, threshold), with the grid, the annotated grades and the grading thresholds;
+`--counts` reads them back (files written before the masses were kept give the lesion-count rows only).
 
 `--count-cell` asks whether the grade should be read at another post-processing cell than the
 detection one (a stricter threshold or area that over-counts mild faces less): nested
@@ -43,19 +46,19 @@ from pipeline.tasks.segmentation import best_grid_cell
 from pipeline.training import load_split, select_device
 
 
-def validation_counts(run: Path) -> tuple[np.ndarray, list[float], list[int], np.ndarray, list[float]]:
+def validation_counts(run: Path) -> tuple[np.ndarray, list[float], list[int], np.ndarray, list[float], np.ndarray]:
     """Per photo, threshold and area: (matched, annotated, found) lesions, counted as the tuning step
-    counts them; and the annotated grades and grading thresholds."""
+    counts them; the annotated grades and grading thresholds; the lesion masses (photo, threshold)."""
     cfg = yaml.safe_load((run / "run.yaml").read_text())
     device = select_device(cfg["train"]["device"])
     task, model = load_best_model(cfg, device)
     frame = load_split(cfg)
     val = frame[frame["split"] == "val"].reset_index(drop=True)
     with torch.no_grad():
-        counts, thresholds, areas = task.grid_counts(model, val, device)
+        counts, thresholds, areas, masses = task.grid_counts(model, val, device)
     grades = [float(g) if str(g).strip() not in ("", "nan", "None") else math.nan for g in val.get("grade", [math.nan] * len(val))]
     thresholds_grading = list(cfg["dataset"].get("grading", {}).get("thresholds", HAYASHI_THRESHOLDS))
-    return counts, thresholds, areas, np.array(grades), thresholds_grading
+    return counts, thresholds, areas, np.array(grades), thresholds_grading, masses
 
 
 def grading_scores(estimate: np.ndarray, annotated: np.ndarray, reference: np.ndarray,
@@ -69,12 +72,12 @@ def grading_scores(estimate: np.ndarray, annotated: np.ndarray, reference: np.nd
 
 
 def cross_validate(found: np.ndarray, annotated: np.ndarray, reference: np.ndarray, thresholds: list[float],
-                   method: str, folds: int, repeats: int) -> tuple[float, float, float]:
+                   method: str, folds: int, repeats: int, count_from: str = "lesions") -> tuple[float, float, float]:
     results = []
     estimate = np.zeros_like(found, dtype=float)
     for repeat in range(repeats):
         for fit_rows, held_out in KFold(folds, shuffle=True, random_state=repeat).split(found):
-            calibration = fit_count_calibration(found[fit_rows], annotated[fit_rows], method)
+            calibration = fit_count_calibration(found[fit_rows], annotated[fit_rows], method, count_from)
             estimate[held_out] = calibrated_counts(found[held_out], calibration)
         results.append(grading_scores(estimate, annotated, reference, thresholds))
     return tuple(float(x) for x in np.mean(results, axis=0))
@@ -128,11 +131,11 @@ def main() -> None:
         stored = np.load(args.counts, allow_pickle=False)
         names = [str(name) for name in stored["runs"]]
         runs = {name: tuple(stored[f"{key}{i}"] for key in ("counts", "thresholds", "areas", "grades", "grading"))
-                for i, name in enumerate(names)}
+                + (stored[f"masses{i}"] if f"masses{i}" in stored else None,) for i, name in enumerate(names)}
     else:
         runs = {str(run): validation_counts(run) for run in args.runs}
     table = {}
-    for run, (counts, thresholds, areas, grades, grading) in runs.items():
+    for run, (counts, thresholds, areas, grades, grading, masses) in runs.items():
         thresholds, areas, grading = list(map(float, thresholds)), list(map(int, areas)), list(map(float, grading))
         t, a = best_grid_cell(counts)  # the cell the tuning step chooses
         total = counts[:, t, a].sum(axis=0)
@@ -146,6 +149,12 @@ def main() -> None:
             result = cross_validate(found, annotated, reference, grading, method, args.folds, args.repeats)
             table.setdefault(method, []).append(result)
             print(f"  {method:9s} grading {result[0]:.3f}  kappa {result[1]:.3f}  count MAE {result[2]:.2f}")
+        for method in COUNT_CALIBRATIONS[1:] if masses is not None else ():
+            # the same lines read from the lesion mass at the chosen threshold (predict.count_from: lesion_mass)
+            result = cross_validate(masses[:, t].astype(float), annotated, reference, grading, method, args.folds,
+                                    args.repeats, count_from="lesion_mass")
+            table.setdefault(f"{method}, from the lesion mass", []).append(result)
+            print(f"  {method:9s} from the lesion mass: grading {result[0]:.3f}  kappa {result[1]:.3f}  count MAE {result[2]:.2f}")
         if args.count_cell:
             for criterion in ("accuracy", "mae"):
                 method = f"huber, count cell by {criterion}"
@@ -161,7 +170,8 @@ def main() -> None:
             print(f"| {method} | {mean[0]:.3f} ± {sd[0]:.3f} | {mean[1]:.3f} ± {sd[1]:.3f} | {mean[2]:.2f} ± {sd[2]:.2f} |")
     if args.out:
         arrays = {f"{key}{i}": np.asarray(value) for i, record in enumerate(runs.values())
-                  for key, value in zip(("counts", "thresholds", "areas", "grades", "grading"), record)}
+                  for key, value in zip(("counts", "thresholds", "areas", "grades", "grading", "masses"), record)
+                  if value is not None}
         np.savez(args.out, runs=np.array(list(runs)), **arrays)
 
 

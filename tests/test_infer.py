@@ -111,3 +111,13 @@ def test_segmentation_infer_writes_masks_overlays_and_counts_that_agree(tmp_path
     assert calibrated["n_lesions"].tolist() == counts["n_lesions"].tolist()
     assert calibrated["n_lesions_calibrated"].tolist() == pytest.approx((5 + 2 * counts["n_lesions"]).tolist())
     assert calibrated["grade"].tolist() == grade_from_count(calibrated["n_lesions_calibrated"], thresholds).tolist()
+    # a calibration fitted on lesion masses reads the photo's lesion mass (written beside the counts)
+    by_mass = {**calibration, "count_from": "lesion_mass", "intercept": 1.0, "slope": 0.01}
+    (run_dir / rundir.POSTPROCESSING).write_text(json.dumps(
+        {"lesion_threshold": settings["lesion_threshold"], "min_lesion_area": settings["min_lesion_area"],
+         "count_calibration": by_mass}))
+    infer(run_dir, folder, tmp_path / "by_mass", device="cpu")
+    from_mass = pd.read_csv(tmp_path / "by_mass" / "lesion_counts.csv")
+    assert (from_mass["lesion_mass"] > 0).all() and from_mass["lesion_mass"].tolist() == counts["lesion_mass"].tolist()
+    assert from_mass["n_lesions_calibrated"].tolist() == pytest.approx((1 + 0.01 * from_mass["lesion_mass"]).tolist(), abs=0.01)
+    assert from_mass["grade"].tolist() == grade_from_count(from_mass["n_lesions_calibrated"], thresholds).tolist()

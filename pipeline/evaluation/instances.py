@@ -41,7 +41,9 @@ __all__ = [
     "COUNT_CALIBRATIONS",
     "GRADING_RULE",
     "SPLIT_RULE",
+    "COUNT_SOURCES",
     "calibrated_counts",
+    "calibration_inputs",
     "fit_count_calibration",
     "grade_labels",
     "grading_metrics",
@@ -183,6 +185,9 @@ def segmentation_inputs(predictions: pd.DataFrame, run_dir: str | Path, dataset:
         "grade_thresholds": list(dataset.get("grading", {}).get("thresholds", HAYASHI_THRESHOLDS)),
         "annotated_grades": reference["grade"].to_dict(),
         "count_calibration": (tuned or {}).get("count_calibration"),
+        # written by the predict stage: what a count_from: lesion_mass calibration reads
+        "lesion_masses": (dict(zip(predictions["image_id"], predictions["lesion_mass"].astype(float)))
+                          if "lesion_mass" in predictions else None),
     }
     return samples(), settings
 
@@ -210,17 +215,20 @@ def grading_metrics(
     n_bootstrap: int = 1000,
     bootstrap_seed: int = 0,
     count_calibration: Mapping[str, Any] | None = None,
+    lesion_masses: Sequence[float] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """The metrics.json ``grading`` block, and the reference and predicted grade of each image.
 
     Accuracy with a Wilson interval; quadratic-weighted Cohen's kappa (scikit-learn) with a
     percentile bootstrap over images; count MAE and Spearman correlation (SciPy) of total counts.
     With a ``count_calibration`` (fitted on validation, :func:`fit_count_calibration`) the predicted
-    grade, count MAE and Spearman use the calibrated count; ``found`` keeps the raw count's figures.
+    grade, count MAE and Spearman use the calibrated count, read from the lesions found or, when the
+    calibration says ``count_from: lesion_mass``, from ``lesion_masses`` (one per image);
+    ``found`` keeps the raw count's figures.
     """
     true_counts = np.asarray(true_counts, dtype=float)
     found_counts = np.asarray(pred_counts, dtype=float)
-    pred_counts = calibrated_counts(found_counts, count_calibration)
+    pred_counts = calibrated_counts(calibration_inputs(found_counts, lesion_masses, count_calibration), count_calibration)
     annotated = [None if g is None or (isinstance(g, float) and math.isnan(g)) else int(g) for g in annotated_grades]
     n_grades = len(thresholds) + 1
     from_counts = grade_from_count(true_counts, thresholds)
@@ -268,11 +276,16 @@ def grading_metrics(
 
 # --------------------------------------------------------------------------- count calibration
 COUNT_CALIBRATIONS = ("none", "linear", "huber", "isotonic")
+# what a calibrated count is read from: the lesions found, or the lesion probability mass of the photo
+# (pipeline.tasks.segmentation.lesion_mass)
+COUNT_SOURCES = ("lesions", "lesion_mass")
 
 
-def fit_count_calibration(found: Sequence[float], annotated: Sequence[float], method: str) -> dict[str, Any] | None:
-    """A map from the number of lesions a model finds on a photo to the annotated number, fitted
-    on the VALIDATION split (``predict.count_calibration``); None for ``"none"``.
+def fit_count_calibration(found: Sequence[float], annotated: Sequence[float], method: str,
+                          count_from: str = "lesions") -> dict[str, Any] | None:
+    """A map from the number of lesions a model finds on a photo (or, with ``count_from="lesion_mass"``,
+    from the photo's lesion probability mass) to the annotated number, fitted on the VALIDATION split
+    (``predict.count_calibration``, ``predict.count_from``); None for ``"none"``.
 
     Why: a detector at recall r and a roughly constant number f of false lesions per photo finds
     about f + r * n lesions where n are annotated, so mild photos are over-counted and severe ones
@@ -287,8 +300,12 @@ def fit_count_calibration(found: Sequence[float], annotated: Sequence[float], me
     - ``isotonic``: the monotone least-squares map (scikit-learn ``IsotonicRegression``), stored as
       its breakpoints and applied by linear interpolation, constant beyond the fitted range.
 
-    The result is plain JSON (written to postprocessing.json beside the tuned threshold and area).
+    ``found`` holds what the map reads (lesions found, or lesion masses); the record says which in
+    ``count_from``. The result is plain JSON (written to postprocessing.json beside the tuned threshold
+    and area).
     """
+    if count_from not in COUNT_SOURCES:
+        raise ValueError(f"count_from must be one of {list(COUNT_SOURCES)}, got {count_from!r}")
     if method not in COUNT_CALIBRATIONS:
         raise ValueError(f"count calibration must be one of {list(COUNT_CALIBRATIONS)}, got {method!r}")
     if method == "none":
@@ -298,24 +315,44 @@ def fit_count_calibration(found: Sequence[float], annotated: Sequence[float], me
     if found.shape != annotated.shape or found.ndim != 1:
         raise ValueError(f"count calibration: found {found.shape} and annotated {annotated.shape} counts differ in shape")
     if found.size < 3 or np.ptp(found) == 0:
+        what = "found lesions" if count_from == "lesions" else "lesion masses"
         raise DataError(f"count calibration ({method}) needs validation photos with at least two different numbers "
-                        f"of found lesions; got {found.size} photo(s) with counts {sorted(set(found.tolist()))[:5]}")
-    record: dict[str, Any] = {"method": method, "fitted_on": "val", "n_images": int(found.size)}
+                        f"of {what}; got {found.size} photo(s) with values {sorted(set(found.tolist()))[:5]}")
+    record: dict[str, Any] = {"method": method, "count_from": count_from, "fitted_on": "val", "n_images": int(found.size)}
     if method in ("linear", "huber"):
         from sklearn.linear_model import HuberRegressor, LinearRegression
 
         model = LinearRegression() if method == "linear" else HuberRegressor(max_iter=1000)
-        fit = model.fit(found[:, None], annotated)
-        record.update(intercept=float(fit.intercept_), slope=float(fit.coef_[0]))
+        # a mass is thousands of pixels: fitted in units of its mean, so the Huber fit's small L2
+        # penalty and its solver see a slope near 1 whatever the photo size (lesion counts as they are)
+        scale = float(found.mean()) if count_from == "lesion_mass" else 1.0
+        fit = model.fit(found[:, None] / scale, annotated)
+        record.update(intercept=float(fit.intercept_), slope=float(fit.coef_[0]) / scale)
     else:
         from sklearn.isotonic import IsotonicRegression
 
         fit = IsotonicRegression(out_of_bounds="clip", y_min=0.0).fit(found, annotated)
         record.update(found=[float(v) for v in fit.X_thresholds_], annotated=[float(v) for v in fit.y_thresholds_])
     estimate = calibrated_counts(found, record)
-    record["val_count_mae_found"] = float(np.mean(np.abs(found - annotated)))
+    if count_from == "lesions":  # a mass is not a count: no uncalibrated count error to compare with
+        record["val_count_mae_found"] = float(np.mean(np.abs(found - annotated)))
     record["val_count_mae"] = float(np.mean(np.abs(estimate - annotated)))
     return record
+
+
+def calibration_inputs(found: Sequence[float], lesion_masses: Sequence[float] | None,
+                       calibration: Mapping[str, Any] | None) -> np.ndarray:
+    """What ``calibration`` reads, per image: the lesions found, or the lesion masses when it was
+    fitted on them (``count_from: lesion_mass``; a DataError when they are missing)."""
+    if not calibration or calibration.get("count_from", "lesions") == "lesions":
+        return np.asarray(found, dtype=float)
+    if lesion_masses is None:
+        raise DataError("the count calibration was fitted on lesion masses (count_from: lesion_mass), but the "
+                        "predictions carry none (predictions.csv column lesion_mass): run the predict stage again")
+    masses = np.asarray(lesion_masses, dtype=float)
+    if masses.shape != np.shape(found) or not np.all(np.isfinite(masses)):
+        raise DataError(f"lesion masses: {masses.size} values for {np.size(found)} images, or not all finite")
+    return masses
 
 
 def calibrated_counts(found: Sequence[float], calibration: Mapping[str, Any] | None) -> np.ndarray:
@@ -336,12 +373,18 @@ def count_calibration_rule(calibration: Mapping[str, Any] | None) -> str:
     if not calibration:
         return "The count graded is the number of lesions found."
     n = calibration.get("n_images", "?")
+    source = calibration.get("count_from", "lesions")
+    read = "lesions found" if source == "lesions" else "lesion mass in thousands of pixels"
+    per = 1.0 if source == "lesions" else 1000.0  # the slope is per pixel of mass; shown per thousand
     if calibration.get("method") in ("linear", "huber"):
-        how = (f"{calibration['intercept']:.2f} + {calibration['slope']:.3f} × lesions found, at least 0; "
+        how = (f"{calibration['intercept']:.2f} + {calibration['slope'] * per:.3f} × {read}, at least 0; "
                f"{'least squares' if calibration['method'] == 'linear' else 'Huber loss'}")
     else:
-        how = f"an isotonic (monotone) map of lesions found, {len(calibration.get('found', []))} breakpoints"
-    return (f"The count graded is the annotated count expected from the lesions found, fitted on {n} validation "
+        how = f"an isotonic (monotone) map of {read}, {len(calibration.get('found', []))} breakpoints"
+    what = ("the lesions found" if source == "lesions" else
+            "the photo's lesion probability mass (the summed lesion probability of the pixels at or above the "
+            "lesion threshold, small lesions included)")
+    return (f"The count graded is the annotated count expected from {what}, fitted on {n} validation "
             f"images ({how}); the test split is not used to fit it.")
 
 

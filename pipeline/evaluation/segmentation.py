@@ -52,6 +52,7 @@ from pipeline.evaluation.instances import (
     SPLIT_RULE,
     annotated_grade_list,
     calibrated_counts,
+    calibration_inputs,
     grading_metrics,
     predicted_instances,
     spearman,
@@ -86,6 +87,16 @@ MATCHING_RULE = (
     "missed, unassigned predicted lesions are false lesions. A match counts for a type's sensitivity "
     "and PPV only when both lesions have that type; detected_any_type ignores the type."
 )
+# Why an annotated lesion went unmatched (lesions.csv column ``miss``; per type in metrics.json
+# ``per_class.<type>.missed_by_cause``): what a reader needs to tell a detector that does not see a
+# lesion from one that sees it but draws it into a neighbour (dense faces) or draws it badly.
+MISS_CAUSES = {
+    "not_found": "no predicted lesion pixel on it",
+    "merged": "it lies (partly) under a predicted lesion that was matched to another annotated lesion: "
+              "touching lesions drawn as one",
+    "poor_overlap": "only predicted lesions that matched nothing overlap it, each below the IoU threshold",
+}
+
 DICE_RULE = (
     "Dice and IoU per image and lesion type (MONAI). An image where a type is absent from both truth "
     "and prediction is excluded from that type's mean; a type predicted but absent from the truth "
@@ -171,7 +182,8 @@ def match_lesions(
     map, or 0.. per type component; None for a false lesion), ``true_type``, ``pred_type`` (label values, or codes
     from ``classes`` when given), ``matched``, ``iou`` (of the matched pair; for an unmatched lesion
     its largest IoU with any lesion of the other map, 0 if it touches none), ``true_area``,
-    ``pred_area`` (pixels; None for the absent side). Order: true lesions in component order, then
+    ``pred_area`` (pixels; None for the absent side), ``miss`` (why an unmatched true lesion was missed,
+    a key of ``MISS_CAUSES``; None on the other rows). Order: true lesions in component order, then
     false lesions.
     """
     if not 0 < iou_threshold <= 1:
@@ -202,12 +214,19 @@ def match_lesions(
             "iou": float(iou[t, p]) if p is not None else _best_overlap(iou[t, :]),
             "true_area": int(true.areas[t]),
             "pred_area": None if p is None else int(pred.areas[p]),
+            "miss": None,
         })
     matched_preds = set(partner_of_true.values())
+    for t, row in enumerate(rows):
+        if not row["matched"]:
+            overlapping = np.flatnonzero(iou[t, :] > 0)
+            row["miss"] = ("not_found" if overlapping.size == 0 else
+                           "merged" if matched_preds.intersection(overlapping.tolist()) else "poor_overlap")
     for p in range(pred.count):
         if p not in matched_preds:
             rows.append({"instance_id": None, "true_type": None, "pred_type": name(pred.types[p]), "matched": False,
-                         "iou": _best_overlap(iou[:, p]), "true_area": None, "pred_area": int(pred.areas[p])})
+                         "iou": _best_overlap(iou[:, p]), "true_area": None, "pred_area": int(pred.areas[p]),
+                         "miss": None})
     return [{"lesion_id": i, **row} for i, row in enumerate(rows)]
 
 
@@ -317,6 +336,7 @@ def compute_segmentation_metrics(
     grade_thresholds: Sequence[float] = HAYASHI_THRESHOLDS,
     annotated_grades: Mapping[str, int | None] | None = None,
     count_calibration: Mapping[str, Any] | None = None,
+    lesion_masses: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Pixel- and lesion-level metrics over ``(image_id, true_map, pred_map[, true_instances])``
     samples (``true_instances``: the annotation's instance map, or None for components per type).
@@ -328,8 +348,9 @@ def compute_segmentation_metrics(
     Predicted lesions come from :func:`predicted_instances` with ``split_touching``,
     ``min_peak_distance`` and ``min_neck_depth``; grades use ``grade_thresholds`` and
     ``annotated_grades`` (image_id -> grade or None), from the count ``count_calibration`` maps
-    the lesions found to (fitted on validation; per-image column ``n_graded``). ``samples`` may be
-    a generator: maps are read once and not kept.
+    the lesions found (or, for a calibration fitted on them, the ``lesion_masses``: image_id -> mass,
+    per-image column ``lesion_mass``) to (fitted on validation; per-image column ``n_graded``).
+    ``samples`` may be a generator: maps are read once and not kept.
     """
     classes = list(classes)
     _check_class_list(classes)
@@ -367,12 +388,20 @@ def compute_segmentation_metrics(
     metrics = _metrics(classes, names, dice_table, iou_table, lesions, per_image,
                        n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed)
     annotated = annotated_grade_list(per_image["image_id"].tolist(), annotated_grades)
+    masses = None
+    if lesion_masses is not None:
+        missing = [i for i in per_image["image_id"] if i not in lesion_masses]
+        if missing:
+            raise DataError(f"lesion masses: no value for {len(missing)} image(s), e.g. {missing[0]!r}")
+        masses = per_image["image_id"].map(lesion_masses).astype(float).to_numpy()
+        per_image["lesion_mass"] = masses
     grading, reference, predicted = grading_metrics(per_image["n_true"], per_image["n_pred"], annotated,
                                                     grade_thresholds, n_bootstrap=n_bootstrap,
                                                     bootstrap_seed=bootstrap_seed,
-                                                    count_calibration=count_calibration)
+                                                    count_calibration=count_calibration, lesion_masses=masses)
     if count_calibration:
-        per_image["n_graded"] = calibrated_counts(per_image["n_pred"], count_calibration)
+        per_image["n_graded"] = calibrated_counts(calibration_inputs(per_image["n_pred"], masses, count_calibration),
+                                                  count_calibration)
     per_image["grade_annotated"] = pd.Series(annotated, dtype=object)  # None (empty in CSV): not annotated
     per_image["grade_true"], per_image["grade_pred"] = reference, predicted
     metrics = {"task": "segmentation", "experiment": experiment, "seed": seed, "classes": classes,
@@ -424,11 +453,11 @@ def _mean_or_nan(values: np.ndarray) -> float:
 
 def _lesion_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     columns = ["image_id", "lesion_id", "true_type", "pred_type", "matched", "iou", "true_area", "pred_area",
-               "instance_id"]
+               "instance_id", "miss"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({"lesion_id": "int64", "instance_id": "Int64", "matched": bool, "iou": float,
                          "true_area": "Int64", "pred_area": "Int64",
-                         "true_type": object, "pred_type": object})
+                         "true_type": object, "pred_type": object, "miss": object})
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -443,6 +472,8 @@ def _metrics(classes: list[str], names: dict[str, str], dice: np.ndarray, iou: n
         else np.zeros((none + 1, none + 1), dtype=np.int64)
     f1s = _lesion_f1(lesions, true_codes, pred_codes, per_image["image_id"].tolist(), len(classes),
                      n_bootstrap, bootstrap_seed)
+    unmatched = lesions[lesions["true_type"].notna() & ~lesions["matched"]]
+    missed_causes = {t: group.value_counts().to_dict() for t, group in unmatched.groupby("true_type")["miss"]}
 
     per_class = {}
     for i, c in enumerate(classes):
@@ -458,6 +489,8 @@ def _metrics(classes: list[str], names: dict[str, str], dice: np.ndarray, iou: n
             "dice": bootstrap_mean(dice[:, i], n_bootstrap, bootstrap_seed),
             "iou": bootstrap_mean(iou[:, i], n_bootstrap, bootstrap_seed),
             "count_error": _count_error(per_image[f"n_true_{c}"], per_image[f"n_pred_{c}"]),
+            # the type's unmatched annotated lesions (the confusion matrix's "missed" column), by cause
+            "missed_by_cause": {cause: int(missed_causes.get(c, {}).get(cause, 0)) for cause in MISS_CAUSES},
             "most_confused_with": [{"class": classes[j], "count": int(counts[i, j])}
                                    for j in np.argsort(-counts[i, :none], kind="stable")
                                    if j != i and counts[i, j] > 0],

@@ -284,9 +284,11 @@ def lesion_type_caption(
     n_missed: int,
     n_pred: int | None = None,
     precision: Mapping[str, Any] | None = None,
+    missed_by_cause: Mapping[str, int] | None = None,
 ) -> str:
-    """'Of 120 papule lesions, 80 were found as papule (67%, 95% CI 58–75%); 25 were missed,
-    15 were called pustule. Of 100 predicted papule lesions, 80 matched a true one (80%).'"""
+    """'Of 120 papule lesions, 80 were found as papule (67%, 95% CI 58–75%); 25 were missed (18 with
+    nothing drawn on them, 5 drawn into a neighbouring lesion, 2 overlapped too little), 15 were called
+    pustule. Of 100 predicted papule lesions, 80 matched a true one (80%).'"""
     if n_true == 0:
         text = f"The test images hold no annotated {label} lesions, so recall cannot be estimated."
     else:
@@ -297,7 +299,8 @@ def lesion_type_caption(
         if recall and is_number(recall.get("value")):
             text += f" ({pct(recall['value'])}, {ci_text(recall.get('ci95'))})"
         others = [(lab, n) for lab, n in sorted(called_as, key=lambda item: -item[1]) if n > 0]
-        pieces = [f"{count(n_missed)} {'was' if n_missed == 1 else 'were'} missed"] if n_missed else []
+        pieces = [f"{count(n_missed)} {'was' if n_missed == 1 else 'were'} missed{_miss_causes(missed_by_cause)}"] \
+            if n_missed else []
         if others:
             pieces.append(_join_calls(others))
         text += ("; " + "; ".join(pieces) if pieces else "") + "."
@@ -307,6 +310,17 @@ def lesion_type_caption(
             f"annotated {label} lesion."
         )
     return text
+
+
+_MISS_WORDS = {"not_found": "with nothing drawn on {them}", "merged": "drawn into a neighbouring lesion",
+               "poor_overlap": "overlapped too little"}
+
+
+def _miss_causes(by_cause: Mapping[str, int] | None) -> str:
+    """' (18 with nothing drawn on them, 5 drawn into a neighbouring lesion)', from missed_by_cause."""
+    parts = [f"{count(n)} " + _MISS_WORDS[cause].format(them="it" if n == 1 else "them")
+             for cause, n in (by_cause or {}).items() if cause in _MISS_WORDS and n]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def overlay_caption(which: str, image_id: str, dice: float) -> str:

@@ -615,7 +615,7 @@ def _lesion_caption(code: str, labels: Mapping[str, str], stats: Mapping[str, An
                 n_missed += int(n)
     return captions.lesion_type_caption(
         labels[code], int(scalar(stats.get("support")) or 0), n_found, stats.get("sensitivity"), called_as, n_missed,
-        int(scalar(stats.get("predicted")) or 0), stats.get("ppv"),
+        int(scalar(stats.get("predicted")) or 0), stats.get("ppv"), stats.get("missed_by_cause"),
     )
 
 

@@ -49,6 +49,9 @@ class SegmentationTask:
         if predict.get("count_calibration", "none") != "none" and not predict.get("tune_postprocessing"):
             raise ConfigError("predict.count_calibration is fitted on the validation split by the tuning step: "
                               "set predict.tune_postprocessing: true, or count_calibration: none")
+        if predict.get("count_from", "lesions") != "lesions" and predict.get("count_calibration", "none") == "none":
+            raise ConfigError(f"predict.count_from: {predict['count_from']} is a probability mass, not a count: it needs "
+                              "a count_calibration (linear, huber or isotonic) fitted on validation to read a count from it")
         self.cfg = cfg
         self.types: list[str] = cfg["dataset"]["classes"]
         self.root = Path(cfg["dataset"]["root"])
@@ -153,14 +156,23 @@ class SegmentationTask:
 
     def label_map(self, model: torch.nn.Module, image: np.ndarray, device: torch.device,
                   amp_dtype: torch.dtype | None = None) -> np.ndarray:
-        return lesion_label_map(self.probabilities(model, image, device, amp_dtype), **self.postprocessing())
+        return self.label_map_and_mass(model, image, device, amp_dtype)[0]
+
+    def label_map_and_mass(self, model: torch.nn.Module, image: np.ndarray, device: torch.device,
+                           amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, float]:
+        """The photo's label map under the post-processing in use, and its :func:`lesion_mass` at that
+        lesion threshold (what a ``count_from: lesion_mass`` calibration reads)."""
+        probs = self.probabilities(model, image, device, amp_dtype)
+        settings = self.postprocessing()
+        return lesion_label_map(probs, **settings), lesion_mass(probs, settings["lesion_threshold"])
 
     def tune_postprocessing(self, model: torch.nn.Module, val_frame: pd.DataFrame, device: torch.device,
                             amp_dtype: torch.dtype | None = None) -> dict:
         """Choose ``lesion_threshold`` and ``min_lesion_area`` on the VALIDATION split, maximising
         lesion detection F1 of any type (the count a grade is read from), and use them from now on;
-        with ``predict.count_calibration`` also fit the map from lesions found to the annotated count
-        there (:func:`pipeline.evaluation.instances.fit_count_calibration`).
+        with ``predict.count_calibration`` also fit the map from lesions found (``predict.count_from:
+        lesions``) or from the lesion mass at the chosen threshold (``lesion_mass``, :func:`lesion_mass`)
+        to the annotated count there (:func:`pipeline.evaluation.instances.fit_count_calibration`).
 
         Post-processing chosen on validation, as nnU-Net v2 does; the test split is never seen. A
         model trained on lesion-centred patches sees lesions far more often than a whole photo holds
@@ -169,7 +181,7 @@ class SegmentationTask:
         """
         from pipeline.evaluation.instances import fit_count_calibration
 
-        per_photo, thresholds, areas = self.grid_counts(model, val_frame, device, amp_dtype)
+        per_photo, thresholds, areas, masses = self.grid_counts(model, val_frame, device, amp_dtype)
         table = []
         for t, threshold in enumerate(thresholds):
             for area, (matched, n_true, n_pred) in zip(areas, per_photo[:, t].sum(axis=0).tolist()):
@@ -180,18 +192,23 @@ class SegmentationTask:
         t, a = best_grid_cell(per_photo)
         best = table[t * len(areas) + a]
         found, annotated = per_photo[:, t, a, 2], per_photo[:, t, a, 1]
+        predict = self.cfg["predict"]
+        count_from = predict.get("count_from", "lesions")
+        read = found if count_from == "lesions" else masses[:, t]
         self.tuned = {"tuned_on": "val", "objective": "lesion detection F1, any type", "n_images": len(per_photo),
                       "lesion_threshold": best["lesion_threshold"], "min_lesion_area": best["min_lesion_area"],
                       "val_f1": best["f1"], "val_recall": best["recall"], "val_precision": best["precision"],
                       # at the chosen threshold and area: what the grade is read from (see fit_count_calibration)
-                      "count_calibration": fit_count_calibration(found, annotated, self.cfg["predict"].get("count_calibration", "none")),
+                      "count_calibration": fit_count_calibration(read, annotated, predict.get("count_calibration", "none"),
+                                                                 count_from),
                       "grid": table}
         return self.tuned
 
     def grid_counts(self, model: torch.nn.Module, val_frame: pd.DataFrame, device: torch.device,
-                    amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[float], list[int]]:
+                    amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, list[float], list[int], np.ndarray]:
         """(matched, annotated, found) lesions of each photo at each lesion threshold and minimum area
-        of ``predict.tune_grid``: an int64 array (photo, threshold, area, 3), with the grid's values."""
+        of ``predict.tune_grid``: an int64 array (photo, threshold, area, 3), with the grid's values,
+        and each photo's :func:`lesion_mass` at each threshold (float64, (photo, threshold))."""
         from pipeline.evaluation.instances import read_reference
         from pipeline.evaluation.segmentation import lesion_components
 
@@ -227,32 +244,35 @@ class SegmentationTask:
         else:
             counts = [photo_grid_counts(p, true, rule) for p, true in zip(probs, references)]
         per_photo = np.stack(counts) if counts else np.zeros((0, len(thresholds), len(areas), 3), dtype=np.int64)
-        return per_photo, thresholds, areas
+        masses = np.array([[lesion_mass(p.astype(np.float32), t) for t in thresholds] for p in probs],
+                          dtype=np.float64).reshape(len(probs), len(thresholds))
+        return per_photo, thresholds, areas, masses
 
     def label_maps(self, model, frame, device, amp_dtype=None):
         model.eval()
         data = self.images(frame)
         for image_id, image, truth in progress(zip(frame["image_id"], data.images, data.masks),
                                                "sliding-window inference", total=len(frame), unit="image"):
-            yield image_id, truth, self.label_map(model, image, device, amp_dtype)
+            yield (image_id, truth, *self.label_map_and_mass(model, image, device, amp_dtype))
 
     def validation_score(self, model, frame, device, num_workers=0, amp_dtype=None) -> float:
         """Macro Dice over lesion types, by the same functions as the reported test metric
         (pipeline.evaluation.segmentation.macro_dice): selection and report never disagree."""
         from pipeline.evaluation.segmentation import macro_dice, pixel_scores
 
-        dice = [pixel_scores(truth, pred, len(self.types))[0] for _, truth, pred in self.label_maps(model, frame, device, amp_dtype)]
+        dice = [pixel_scores(truth, pred, len(self.types))[0] for _, truth, pred, _ in self.label_maps(model, frame, device, amp_dtype)]
         score = macro_dice(np.vstack(dice)) if dice else math.nan
         return 0.0 if math.isnan(score) else score
 
     def predict(self, model, frame, device, run_dir: Path, num_workers=0, amp_dtype=None) -> pd.DataFrame:
-        """Writes masks/<image_id>.png; the table lists each image's predicted and true label map."""
+        """Writes masks/<image_id>.png; the table lists each image's predicted and true label map and
+        its lesion mass (:func:`lesion_mass`)."""
         mask_dir = Path(run_dir) / MASK_DIR
         rows = []
-        for (image_id, _, pred), true_path in zip(self.label_maps(model, frame, device, amp_dtype), frame["mask_path"]):
+        for (image_id, _, pred, mass), true_path in zip(self.label_maps(model, frame, device, amp_dtype), frame["mask_path"]):
             write_png_atomic(pred, mask_dir / f"{image_id}.png")
             rows.append({"image_id": image_id, "pred_mask_path": f"{MASK_DIR}/{image_id}.png",
-                         "true_mask_path": str(resolve(true_path, self.mask_root))})
+                         "true_mask_path": str(resolve(true_path, self.mask_root)), "lesion_mass": mass})
         return pd.DataFrame(rows)
 
 
@@ -295,6 +315,24 @@ DEFAULT_TUNE_AREAS = (1, 2, 4, 9, 16, 25, 49, 81, 121, 196, 289, 400)
 
 
 LESION_TYPE_RULES = ("pixel", "instance_vote")
+
+
+def lesion_mass(probs: np.ndarray, lesion_threshold: float | None) -> float:
+    """The photo's lesion probability mass, in pixels: the sum of P(lesion) = 1 - P(background) over
+    the pixels at or above ``lesion_threshold`` (None: the pixels whose most probable class is a
+    lesion), before any minimum area, so small lesions count.
+
+    A density count (Lempitsky & Zisserman, NeurIPS 2010, "Learning to count objects in images": the
+    number of objects is the integral of a density over the image). A line fitted on the validation
+    photos (``predict.count_from: lesion_mass``, :func:`pipeline.evaluation.instances.fit_count_calibration`)
+    turns it into a lesion count. Unlike the number of lesions found it still counts touching lesions
+    that merge into one component and small ones the minimum area removes: on ACNE04 validation photos
+    of very severe faces 16% of the annotated lesions lay merged into another found lesion
+    (docs/BENCHMARKS.md §4h).
+    """
+    lesion = 1.0 - np.asarray(probs[0], dtype=np.float64)
+    keep = lesion >= lesion_threshold if lesion_threshold is not None else np.asarray(probs).argmax(axis=0) > 0
+    return float(lesion[keep].sum())
 
 
 def lesion_label_map(probs: np.ndarray, *, lesion_threshold: float | None, min_lesion_area: int,

@@ -259,3 +259,64 @@ def test_evaluate_inputs_read_the_calibration_the_predict_stage_wrote(tmp_path):
     (tmp_path / "postprocessing.json").write_text("{half")
     with pytest.raises(DataError, match="postprocessing.json"):
         segmentation_inputs(predictions, tmp_path, dataset, {})
+
+
+# ---------------------------------------------------------------- count from the lesion mass
+def test_grading_from_the_lesion_mass_reads_the_masses_not_the_lesions_found():
+    annotated = [1, 3, 8, 15, 30, 60]
+    masses = [120.0 * n + 50 for n in annotated]  # 120 px of lesion probability a lesion, 50 px of noise
+    found = [1, 1, 2, 2, 3, 3]  # touching lesions merged: the number found saturates
+    calibration = fit_count_calibration(masses, annotated, "linear", count_from="lesion_mass")
+    assert calibration["count_from"] == "lesion_mass" and "val_count_mae_found" not in calibration
+    assert calibration["slope"] == pytest.approx(1 / 120) and calibration["intercept"] == pytest.approx(-50 / 120)
+    block, reference, grades = grading_metrics(annotated, found, [None] * 6, n_bootstrap=50,
+                                               count_calibration=calibration, lesion_masses=masses)
+    assert grades.tolist() == reference.tolist() == [0, 0, 1, 1, 2, 3]
+    assert block["count_mae"] == pytest.approx(0.0, abs=1e-9)
+    assert block["found"]["accuracy"]["k"] == 2  # graded from the lesions found: mild twice only
+    assert "lesion probability mass" in block["count_rule"] and "validation" in block["count_rule"]
+    assert "8.333 × lesion mass in thousands of pixels" in block["count_rule"]  # 1/120 a pixel, per thousand
+    with pytest.raises(DataError, match="lesion_mass"):  # a calibration on masses, predictions without them
+        grading_metrics(annotated, found, [None] * 6, n_bootstrap=50, count_calibration=calibration)
+    with pytest.raises(DataError, match="lesion masses"):
+        grading_metrics(annotated, found, [None] * 6, n_bootstrap=50, count_calibration=calibration,
+                        lesion_masses=[1.0, 2.0, math.nan, 4.0, 5.0, 6.0])
+    with pytest.raises(ValueError, match="count_from"):
+        fit_count_calibration(masses, annotated, "linear", count_from="area")
+
+
+def test_a_mass_calibration_is_scale_free():
+    # the same photos in pixels and in thousands of pixels give the same line (the Huber fit works in
+    # units of the mean mass, so its L2 penalty does not depend on the photo size)
+    rng = np.random.default_rng(0)
+    annotated = rng.integers(0, 60, size=40).astype(float)
+    masses = 150.0 * annotated + rng.normal(0, 200, size=40) + 300
+    pixels = fit_count_calibration(masses, annotated, "huber", count_from="lesion_mass")
+    thousands = fit_count_calibration(masses / 1000, annotated, "huber", count_from="lesion_mass")
+    assert pixels["slope"] * 1000 == pytest.approx(thousands["slope"], rel=1e-6)
+    assert pixels["intercept"] == pytest.approx(thousands["intercept"], abs=1e-6)
+    assert pixels["slope"] == pytest.approx(1 / 150, rel=0.05)
+
+
+def test_evaluate_reads_the_lesion_masses_the_predict_stage_wrote(tmp_path):
+    from pipeline.evaluation.segmentation import compute_segmentation_metrics
+
+    label = np.zeros((5, 5), dtype=np.uint8)
+    label[1:3, 1:3] = 1
+    Image.fromarray(label).save(tmp_path / "a.png")
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"image_id": ["a"], "image_path": ["a.png"], "mask_path": ["a.png"], "split": ["test"]}).to_csv(manifest, index=False)
+    predictions = pd.DataFrame({"image_id": ["a"], "pred_mask_path": ["a.png"], "true_mask_path": [str(tmp_path / "a.png")],
+                                "lesion_mass": [400.0]})
+    dataset = {"manifest": str(manifest), "mask_root": str(tmp_path), "classes": ["papule"]}
+    record = {"lesion_threshold": 0.5,
+              "count_calibration": fit_count_calibration([100, 200, 300], [1, 2, 3], "linear", count_from="lesion_mass")}
+    (tmp_path / "postprocessing.json").write_text(json.dumps(record))
+    samples, settings = segmentation_inputs(predictions, tmp_path, dataset, {})
+    assert settings["lesion_masses"] == {"a": 400.0}
+    _, _, per_image = compute_segmentation_metrics(samples, ["papule"], n_bootstrap=10, **settings)
+    assert per_image["n_pred"].tolist() == [1]  # one lesion found ...
+    assert per_image["lesion_mass"].tolist() == [400.0] and per_image["n_graded"].tolist() == pytest.approx([4.0])
+    samples, settings = segmentation_inputs(predictions, tmp_path, dataset, {})
+    with pytest.raises(DataError, match="no value for 1 image"):
+        compute_segmentation_metrics(samples, ["papule"], n_bootstrap=10, **{**settings, "lesion_masses": {"b": 1.0}})

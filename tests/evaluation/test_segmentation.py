@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 from sklearn.metrics import f1_score, jaccard_score
 
 from pipeline.errors import DataError
@@ -77,6 +78,7 @@ def test_merged_lesion_one_match_one_missed():
     assert hit["true_type"] == 1 and hit["iou"] == pytest.approx(16 / 28)
     (missed,) = only(rows, lambda r: r["pred_type"] is None)
     assert missed["true_type"] == 2 and not missed["matched"] and missed["iou"] == pytest.approx(8 / 28)
+    assert missed["miss"] == "merged" and hit["miss"] is None  # drawn into the lesion matched to its neighbour
 
 
 def test_missed_and_false_lesions():
@@ -86,9 +88,9 @@ def test_missed_and_false_lesions():
     rows = match_lesions(true, pred, classes=TYPES)
     assert rows == [
         {"lesion_id": 0, "instance_id": 1, "true_type": "pustule", "pred_type": None, "matched": False, "iou": 0.0,
-         "true_area": 4, "pred_area": None},
+         "true_area": 4, "pred_area": None, "miss": "not_found"},
         {"lesion_id": 1, "instance_id": None, "true_type": None, "pred_type": "papule", "matched": False, "iou": 0.0,
-         "true_area": None, "pred_area": 6},
+         "true_area": None, "pred_area": 6, "miss": None},
     ]
 
 
@@ -309,3 +311,28 @@ def test_match_counts_for_every_area_equal_matching_after_removing_small_lesions
         assert n_true == sum(r["true_type"] is not None for r in rows)
         assert n_pred == sum(r["pred_type"] is not None for r in rows)
     assert counts[0, 0] > 0 and counts[-1, 2] < counts[0, 2]  # the case is not trivial
+
+
+def test_each_missed_lesion_says_why_and_the_metrics_count_the_causes_per_type():
+    true, pred = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
+    true[1:3, 1:3] = 1  # a papule with nothing predicted on it: not found
+    true[6:12, 1:7] = 1  # a papule whose prediction grazes it (IoU 1/39 < 0.1): poor overlap
+    pred[11:13, 6:8] = 1
+    true[14:18, 2:6] = 1  # two touching papules drawn as one predicted lesion: one matched, one merged
+    true[14:18, 6:10] = 1
+    pred[14:18, 2:10] = 1
+    instances = np.zeros_like(true, dtype=np.int64)
+    for k, (rows, cols) in enumerate([(slice(1, 3), slice(1, 3)), (slice(6, 12), slice(1, 7)),
+                                      (slice(14, 18), slice(2, 6)), (slice(14, 18), slice(6, 10))], start=1):
+        instances[rows, cols] = k
+    rows = match_lesions(true, pred, classes=TYPES, true_instances=instances,
+                         pred_instances=ndimage.label(pred, structure=np.ones((3, 3)))[0])
+    by_instance = {r["instance_id"]: r for r in rows if r["instance_id"] is not None}
+    assert by_instance[1]["miss"] == "not_found" and by_instance[2]["miss"] == "poor_overlap"
+    assert {by_instance[3]["miss"], by_instance[4]["miss"]} == {None, "merged"}
+    assert all(r["miss"] is None for r in rows if r["instance_id"] is None)  # the grazing false lesion
+    metrics, lesions, _ = compute_segmentation_metrics([("a", true, pred, instances)], TYPES, n_bootstrap=10,
+                                                       split_touching=False)
+    assert metrics["per_class"]["papule"]["missed_by_cause"] == {"not_found": 1, "merged": 1, "poor_overlap": 1}
+    assert metrics["per_class"]["pustule"]["missed_by_cause"] == {"not_found": 0, "merged": 0, "poor_overlap": 0}
+    assert sorted(lesions["miss"].dropna()) == ["merged", "not_found", "poor_overlap"]

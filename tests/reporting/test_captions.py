@@ -87,6 +87,10 @@ def test_lesion_type_caption():
         "Of 120 annotated Papule lesions, 80 were found with the right type (67%, 95% CI 58\u201375%); "
         "25 were missed; 15 were called Pustule. Of 100 predicted Papule lesions, 80% matched an annotated Papule lesion."
     )
+    why = captions.lesion_type_caption("Papule", 120, 80, None, [], 25,
+                                       missed_by_cause={"not_found": 18, "merged": 6, "poor_overlap": 1})
+    assert why == ("Of 120 annotated Papule lesions, 80 were found with the right type; 25 were missed (18 with nothing "
+                   "drawn on them, 6 drawn into a neighbouring lesion, 1 overlapped too little).")
 
 
 def test_lesion_confusion_caption_sums_the_blocks():

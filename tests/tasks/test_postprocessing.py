@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from pipeline.data.io import write_instance_map, write_png_atomic
 from pipeline.errors import ConfigError
-from pipeline.tasks.segmentation import SegmentationTask, lesion_label_map
+from pipeline.tasks.segmentation import SegmentationTask, lesion_label_map, lesion_mass
 
 
 def test_lesion_threshold_types_by_the_most_probable_lesion_type():
@@ -148,6 +148,38 @@ def test_count_calibration_is_fitted_on_the_validation_counts_at_the_chosen_thre
 
     task = SegmentationTask(_tuning_cfg(tmp_path, tune_grid=grid))  # the default: grade the lesions found
     assert task.tune_postprocessing(_RedIsLesion(), frame, torch.device("cpu"))["count_calibration"] is None
+
+
+def test_lesion_mass_sums_lesion_probability_at_or_above_the_threshold_small_lesions_included():
+    background = np.array([[0.9, 0.4, 0.2, 0.5]], np.float32)  # P(lesion) 0.1, 0.6, 0.8, 0.5
+    probs = np.stack([background, 1 - background])
+    assert lesion_mass(probs, 0.5) == pytest.approx(0.6 + 0.8 + 0.5)
+    assert lesion_mass(probs, 0.7) == pytest.approx(0.8)
+    assert lesion_mass(probs, None) == pytest.approx(0.6 + 0.8)  # argmax: a tie stays background
+    # the minimum lesion area removes these three pixels as a lesion; their mass still counts
+    assert not lesion_label_map(probs, lesion_threshold=0.5, min_lesion_area=5).any()
+
+
+def test_count_calibration_from_the_lesion_mass_is_fitted_on_the_validation_masses(tmp_path):
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame([_write_case(tmp_path, f"img{n}", rng, n_true=n) for n in (1, 2, 3)])
+    grid = {"lesion_threshold": [0.5], "min_lesion_area": [1]}
+    task = SegmentationTask(_tuning_cfg(tmp_path, tune_grid=grid, count_calibration="linear", count_from="lesion_mass"))
+    model = _RedIsLesion()
+    masses = [lesion_mass(task.probabilities(model, image, torch.device("cpu")), 0.5) for image in task.images(frame).images]
+    calibration = task.tune_postprocessing(model, frame, torch.device("cpu"))["count_calibration"]
+    slope, intercept = np.polyfit(masses, [1, 2, 3], 1)
+    assert calibration["count_from"] == "lesion_mass" and calibration["n_images"] == 3
+    # the tuning step keeps its probabilities in float16: the same line to that precision
+    assert calibration["slope"] == pytest.approx(slope, rel=1e-3) and calibration["intercept"] == pytest.approx(intercept, abs=1e-2)
+    # the predict stage writes the mass it grades from beside each label map
+    table = task.predict(model, frame, torch.device("cpu"), tmp_path / "run")
+    assert table["lesion_mass"].tolist() == pytest.approx(masses, rel=1e-6)
+
+
+def test_count_from_the_lesion_mass_without_a_calibration_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="count_from: lesion_mass is a probability mass"):
+        SegmentationTask(_tuning_cfg(tmp_path, count_from="lesion_mass"))
 
 
 def test_count_calibration_without_tuning_is_a_config_error(tmp_path):

@@ -13,7 +13,8 @@ TYPES = ["whitehead", "papule"]
 def _task_yielding(maps):
     cfg = {"task": "segmentation", "dataset": {"classes": TYPES, "root": ".", "mask_root": "."}}
     task = SegmentationTask(cfg)
-    task.label_maps = lambda model, frame, device, amp_dtype=None: iter(maps)
+    # label_maps yields (image_id, truth, label map, lesion mass); the mass plays no part in selection
+    task.label_maps = lambda model, frame, device, amp_dtype=None: iter((*m, 0.0) for m in maps)
     return task
 
 
