@@ -244,14 +244,20 @@ def test_grading_reads_the_calibrated_count_and_keeps_the_found_figures():
     assert raw["count_calibration"] is None and "found" not in raw and "lesions found" in raw["count_rule"]
 
 
-def test_evaluate_inputs_read_the_calibration_the_predict_stage_wrote(tmp_path):
+def _one_photo_run(tmp_path, **prediction_columns) -> tuple[pd.DataFrame, dict]:
+    """A run folder's predictions (one photo, its one lesion found exactly) and its dataset entry."""
     label = np.zeros((5, 5), dtype=np.uint8)
     label[1:3, 1:3] = 1
     Image.fromarray(label).save(tmp_path / "a.png")
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"image_id": ["a"], "image_path": ["a.png"], "mask_path": ["a.png"], "split": ["test"]}).to_csv(manifest, index=False)
-    predictions = pd.DataFrame({"image_id": ["a"], "pred_mask_path": ["a.png"], "true_mask_path": [str(tmp_path / "a.png")]})
-    dataset = {"manifest": str(manifest), "mask_root": str(tmp_path)}
+    predictions = pd.DataFrame({"image_id": ["a"], "pred_mask_path": ["a.png"], "true_mask_path": [str(tmp_path / "a.png")],
+                                **prediction_columns})
+    return predictions, {"manifest": str(manifest), "mask_root": str(tmp_path), "classes": ["papule"]}
+
+
+def test_evaluate_inputs_read_the_calibration_the_predict_stage_wrote(tmp_path):
+    predictions, dataset = _one_photo_run(tmp_path)
     assert segmentation_inputs(predictions, tmp_path, dataset, {})[1]["count_calibration"] is None
     record = {"lesion_threshold": 0.5, "count_calibration": fit_count_calibration([1, 2, 3], [2, 4, 6], "linear")}
     (tmp_path / "postprocessing.json").write_text(json.dumps(record))
@@ -299,16 +305,7 @@ def test_a_mass_calibration_is_scale_free():
 
 
 def test_evaluate_reads_the_lesion_masses_the_predict_stage_wrote(tmp_path):
-    from pipeline.evaluation.segmentation import compute_segmentation_metrics
-
-    label = np.zeros((5, 5), dtype=np.uint8)
-    label[1:3, 1:3] = 1
-    Image.fromarray(label).save(tmp_path / "a.png")
-    manifest = tmp_path / "m.csv"
-    pd.DataFrame({"image_id": ["a"], "image_path": ["a.png"], "mask_path": ["a.png"], "split": ["test"]}).to_csv(manifest, index=False)
-    predictions = pd.DataFrame({"image_id": ["a"], "pred_mask_path": ["a.png"], "true_mask_path": [str(tmp_path / "a.png")],
-                                "lesion_mass": [400.0]})
-    dataset = {"manifest": str(manifest), "mask_root": str(tmp_path), "classes": ["papule"]}
+    predictions, dataset = _one_photo_run(tmp_path, lesion_mass=[400.0])
     record = {"lesion_threshold": 0.5,
               "count_calibration": fit_count_calibration([100, 200, 300], [1, 2, 3], "linear", count_from="lesion_mass")}
     (tmp_path / "postprocessing.json").write_text(json.dumps(record))
