@@ -243,9 +243,8 @@ class SegmentationTask:
                 counts = list(pool.map(photo_grid_counts, probs, references, [rule] * len(probs)))
         else:
             counts = [photo_grid_counts(p, true, rule) for p, true in zip(probs, references)]
-        per_photo = np.stack(counts) if counts else np.zeros((0, len(thresholds), len(areas), 3), dtype=np.int64)
-        masses = np.array([[lesion_mass(p.astype(np.float32), t) for t in thresholds] for p in probs],
-                          dtype=np.float64).reshape(len(probs), len(thresholds))
+        per_photo = np.stack([c for c, _ in counts]) if counts else np.zeros((0, len(thresholds), len(areas), 3), dtype=np.int64)
+        masses = np.array([m for _, m in counts], dtype=np.float64).reshape(len(probs), len(thresholds))
         return per_photo, thresholds, areas, masses
 
     def label_maps(self, model, frame, device, amp_dtype=None):
@@ -276,10 +275,11 @@ class SegmentationTask:
         return pd.DataFrame(rows)
 
 
-def photo_grid_counts(probs: np.ndarray, true, rule: dict) -> np.ndarray:
+def photo_grid_counts(probs: np.ndarray, true, rule: dict) -> tuple[np.ndarray, list[float]]:
     """(matched, annotated, found) lesions of one photo at each (threshold, area) of the tuning grid,
-    shape (thresholds, areas, 3); ``true`` is the photo's annotated lesion_components, ``rule`` the
-    grid and the evaluation's type and split rules (see :meth:`SegmentationTask.grid_counts`)."""
+    shape (thresholds, areas, 3), and its :func:`lesion_mass` at each threshold; ``true`` is the
+    photo's annotated lesion_components, ``rule`` the grid and the evaluation's type and split rules
+    (see :meth:`SegmentationTask.grid_counts`)."""
     from pipeline.evaluation.instances import predicted_instances
     from pipeline.evaluation.segmentation import match_counts_by_area
 
@@ -294,7 +294,7 @@ def photo_grid_counts(probs: np.ndarray, true, rule: dict) -> np.ndarray:
         # per area (the same lesions as remove_small_lesions followed by a split)
         counts[t] = match_counts_by_area(true, pred, predicted_instances(pred, **split), rule["areas"],
                                          rule["iou_threshold"])
-    return counts
+    return counts, [lesion_mass(probs, threshold) for threshold in rule["thresholds"]]
 
 
 def best_grid_cell(per_photo: np.ndarray) -> tuple[int, int]:
