@@ -118,17 +118,32 @@ class SegmentationImages:
         return len(self.images)
 
 
-def patch_ratios(spec: dict, types: list[str]) -> list[float] | None:
+PATCH_BALANCE = ("none", "images")
+
+
+def patch_ratios(spec: dict, types: list[str], masks: list[np.ndarray] | None = None) -> list[float] | None:
     """Per-class patch-centre ratios (background first) for MONAI RandCropByLabelClasses, or None for uniform crops.
 
     The segmentation counterpart of the classification oversampling coefficients: a type with ratio r
     is r times as likely as a ratio-1 class to be the centre of a training patch.
+
+    ``balance: images`` multiplies each lesion type's ratio by max_s n_s / n_t, n_t the number of
+    training label maps (``masks``) that hold type t. Why: RandCropByLabelClasses picks a patch's centre
+    class among the classes present in the image drawn, so at equal ratios a type found in 44 of 562
+    images is the centre of about a tenth as many patches as one found in 448, however the pixel terms
+    are weighted. With the correction every type is the centre of about as many patches per epoch
+    (exactly so when the images hold equally many types): the per-class balancing of nnU-Net's
+    foreground oversampling (Isensee et al., Nature Methods 2021) extended from "some foreground" to
+    "every type alike". A type in no training image keeps its ratio (it can never be drawn).
     """
     name = spec.get("name", "none")
     if name == "none":
         return None
     if name != "lesion_patches":
         raise ConfigError(f"unknown segmentation sampler {name!r}; use 'none' or 'lesion_patches'")
+    unknown_keys = set(spec) - {"name", "ratios", "balance"}
+    if unknown_keys:
+        raise ConfigError(f"lesion_patches sampler: unknown key(s) {sorted(unknown_keys)}; known: name, ratios, balance")
     ratios = dict(spec.get("ratios") or {})
     unknown = set(ratios) - set(types) - {"background"}
     if unknown:
@@ -136,7 +151,26 @@ def patch_ratios(spec: dict, types: list[str]) -> list[float] | None:
     values = [float(ratios.get("background", 1.0))] + [float(ratios.get(t, 1.0)) for t in types]
     if any(v < 0 for v in values) or sum(values) == 0:
         raise ConfigError(f"sampler ratios must be non-negative and not all zero, got {values}")
+    balance = spec.get("balance", "none")
+    if balance not in PATCH_BALANCE:
+        raise ConfigError(f"lesion_patches sampler: balance must be one of {list(PATCH_BALANCE)}, got {balance!r}")
+    if balance == "images":
+        if masks is None:
+            raise ValueError("patch_ratios: balance 'images' needs the training label maps")
+        holding = images_holding_types(masks, len(types))
+        most = holding.max()
+        values = [values[0]] + [v * most / n if n > 0 else v for v, n in zip(values[1:], holding)]
     return values
+
+
+def images_holding_types(masks: list[np.ndarray], n_types: int) -> np.ndarray:
+    """How many label maps hold each lesion type (labels 1..n_types; 0 is background)."""
+    holding = np.zeros(n_types, dtype=np.int64)
+    for mask in masks:
+        present = np.unique(mask)
+        present = present[(present >= 1) & (present <= n_types)]
+        holding[present - 1] += 1
+    return holding
 
 
 class PatchDataset(Dataset):

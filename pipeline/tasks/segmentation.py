@@ -111,8 +111,9 @@ class SegmentationTask:
 
     def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int) -> PatchDataset:
         train = self.cfg["train"]
-        return PatchDataset(self.images(frame), patch_size=train["patch_size"], patches_per_image=train["patches_per_image"],
-                            ratios=patch_ratios(self.cfg["sampler"], self.types), num_classes=self.num_outputs,
+        images = self.images(frame)
+        return PatchDataset(images, patch_size=train["patch_size"], patches_per_image=train["patches_per_image"],
+                            ratios=patch_ratios(self.cfg["sampler"], self.types, images.masks), num_classes=self.num_outputs,
                             augment=train["augment"], seed=seed)
 
     def train_sampler(self, dataset, seed: int, num_replicas: int, rank: int):

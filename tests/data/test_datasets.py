@@ -72,3 +72,62 @@ def test_a_patch_names_the_image_it_is_cut_from():
     dataset.images = SimpleNamespace(frame=pd.DataFrame({"image_id": ["face_a", "face_b"]}))
     dataset.patches_per_image = 3
     assert [dataset.image_id(i) for i in range(6)] == ["face_a"] * 3 + ["face_b"] * 3
+
+
+def _square_masks(holding: list[tuple[int, ...]], size: int = 64) -> list[np.ndarray]:
+    """One label map per entry, holding a 3x3 square of each listed type, far apart."""
+    corners = {1: (8, 8), 2: (50, 50), 3: (8, 50)}
+    masks = []
+    for types in holding:
+        mask = np.zeros((size, size), dtype=np.uint8)
+        for t in types:
+            r, c = corners[t]
+            mask[r:r + 3, c:c + 3] = t
+        masks.append(mask)
+    return masks
+
+
+def test_balance_images_scales_each_type_by_the_images_that_hold_it():
+    import pytest
+
+    from pipeline.data.datasets import images_holding_types, patch_ratios
+    from pipeline.errors import ConfigError
+
+    masks = _square_masks([(1,)] * 6 + [(1, 2)] * 2 + [()])  # type 1 in 8 images, type 2 in 2, type 3 in none
+    assert images_holding_types(masks, 3).tolist() == [8, 2, 0]
+    types = ["comedone", "nodule", "cyst"]
+    plain = {"name": "lesion_patches", "ratios": {"background": 1, "comedone": 2}}
+    assert patch_ratios(plain, types, masks) == [1.0, 2.0, 1.0, 1.0]
+    # max n / n_t times the configured ratio; a type in no image keeps its ratio; background untouched
+    assert patch_ratios({**plain, "balance": "images"}, types, masks) == [1.0, 2.0, 4.0, 1.0]
+    with pytest.raises(ConfigError, match="balance must be one of"):
+        patch_ratios({**plain, "balance": "pixels"}, types, masks)
+    with pytest.raises(ConfigError, match="unknown key"):
+        patch_ratios({**plain, "start": 0.5}, types, masks)
+
+
+def test_balanced_patches_centre_the_rare_type_as_often_as_the_common_one():
+    # type 1 in 8 images, type 2 in 1: at equal ratios type 2 is in about 1 / 3 of that one image's
+    # patches (background, type 1, type 2 drawn alike); balanced (ratio 9) in about 9 / 11 of them
+    from pipeline.data.datasets import PatchDataset, patch_ratios
+
+    class Images:
+        def __init__(self, masks):
+            self.masks = masks
+            self.images = [np.full(m.shape + (3,), 128, dtype=np.uint8) for m in masks]
+
+        def __len__(self):
+            return len(self.masks)
+
+    masks = _square_masks([(1,)] * 8 + [(1, 2)])
+    images = Images(masks)
+    ppi = 60
+    with_type_2 = {}
+    for balance in ("none", "images"):
+        ratios = patch_ratios({"name": "lesion_patches", "balance": balance}, ["a", "b"], masks)
+        dataset = PatchDataset(images, patch_size=8, patches_per_image=ppi, ratios=ratios, num_classes=3,
+                               augment=False, seed=0)
+        patches = [dataset[i][1] for i in range(8 * ppi, 9 * ppi)]  # the patches of the image holding type 2
+        with_type_2[balance] = sum(int((mask == 2).any()) for mask in patches)
+    assert with_type_2["none"] < 0.5 * ppi
+    assert with_type_2["images"] > 0.7 * ppi
