@@ -159,7 +159,7 @@ def patch_ratios(spec: dict, types: list[str], masks: list[np.ndarray] | None = 
             raise ValueError("patch_ratios: balance 'images' needs the training label maps")
         holding = images_holding_types(masks, len(types))
         most = holding.max()
-        values = [values[0]] + [v * most / n if n > 0 else v for v, n in zip(values[1:], holding)]
+        values = [values[0]] + [float(v * most / n) if n > 0 else v for v, n in zip(values[1:], holding)]
     return values
 
 

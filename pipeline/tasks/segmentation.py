@@ -6,6 +6,8 @@ predicted whole by MONAI's sliding-window inference, so 640×640 photos work on 
 
 from __future__ import annotations
 
+import logging
+
 import math
 from pathlib import Path
 
@@ -112,8 +114,12 @@ class SegmentationTask:
     def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int) -> PatchDataset:
         train = self.cfg["train"]
         images = self.images(frame)
+        ratios = patch_ratios(self.cfg["sampler"], self.types, images.masks)
+        if ratios is not None:
+            logging.getLogger("pipeline.train").info(
+                "patch-centre ratios: %s", ", ".join(f"{name} {r:.3g}" for name, r in zip(["background", *self.types], ratios)))
         return PatchDataset(images, patch_size=train["patch_size"], patches_per_image=train["patches_per_image"],
-                            ratios=patch_ratios(self.cfg["sampler"], self.types, images.masks), num_classes=self.num_outputs,
+                            ratios=ratios, num_classes=self.num_outputs,
                             augment=train["augment"], seed=seed)
 
     def train_sampler(self, dataset, seed: int, num_replicas: int, rank: int):
