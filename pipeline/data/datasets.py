@@ -131,10 +131,10 @@ def patch_ratios(spec: dict, types: list[str], masks: list[np.ndarray] | None = 
     training label maps (``masks``) that hold type t. Why: RandCropByLabelClasses picks a patch's centre
     class among the classes present in the image drawn, so at equal ratios a type found in 44 of 562
     images is the centre of about a tenth as many patches as one found in 448, however the pixel terms
-    are weighted. With the correction every type is the centre of about as many patches per epoch
-    (exactly so when the images hold equally many types): the per-class balancing of nnU-Net's
-    foreground oversampling (Isensee et al., Nature Methods 2021) extended from "some foreground" to
-    "every type alike". A type in no training image keeps its ratio (it can never be drawn).
+    are weighted (nnU-Net's foreground oversampling, Isensee et al., Nature Methods 2021, draws its
+    centre class the same way: uniformly among the classes of the case). With the correction every
+    type is the centre of about as many patches per epoch (exactly so when the images hold equally
+    many types). A type in no training image keeps its ratio (it can never be drawn).
     """
     name = spec.get("name", "none")
     if name == "none":

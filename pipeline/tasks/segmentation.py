@@ -7,7 +7,6 @@ predicted whole by MONAI's sliding-window inference, so 640×640 photos work on 
 from __future__ import annotations
 
 import logging
-
 import math
 from pathlib import Path
 
