@@ -165,11 +165,11 @@ def patch_ratios(spec: dict, types: list[str], masks: list[np.ndarray] | None = 
 
 def images_holding_types(masks: list[np.ndarray], n_types: int) -> np.ndarray:
     """How many label maps hold each lesion type (labels 1..n_types; 0 is background)."""
+    # the same per-mask bincount as the training pixel counts (SegmentationTask.class_counts); labels
+    # above n_types (an ignore index) fall outside the slice
     holding = np.zeros(n_types, dtype=np.int64)
     for mask in masks:
-        present = np.unique(mask)
-        present = present[(present >= 1) & (present <= n_types)]
-        holding[present - 1] += 1
+        holding += np.bincount(mask.ravel(), minlength=n_types + 1)[1:n_types + 1] > 0
     return holding
 
 

@@ -27,6 +27,8 @@ from pipeline.rundir import MASK_DIR
 from pipeline.tta import average_maps
 from pipeline.tasks import TASKS
 
+log = logging.getLogger("pipeline.train")  # training messages share the trainer's logger
+
 
 @TASKS.register("segmentation")
 class SegmentationTask:
@@ -115,7 +117,7 @@ class SegmentationTask:
         images = self.images(frame)
         ratios = patch_ratios(self.cfg["sampler"], self.types, images.masks)
         if ratios is not None:
-            logging.getLogger("pipeline.train").info(
+            log.info(
                 "patch-centre ratios: %s", ", ".join(f"{name} {r:.3g}" for name, r in zip(["background", *self.types], ratios)))
         return PatchDataset(images, patch_size=train["patch_size"], patches_per_image=train["patches_per_image"],
                             ratios=ratios, num_classes=self.num_outputs,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -88,8 +89,6 @@ def _square_masks(holding: list[tuple[int, ...]], size: int = 64) -> list[np.nda
 
 
 def test_balance_images_scales_each_type_by_the_images_that_hold_it():
-    import pytest
-
     from pipeline.data.datasets import images_holding_types, patch_ratios
     from pipeline.errors import ConfigError
 
