@@ -1,6 +1,7 @@
 import copy
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -241,3 +242,26 @@ def test_the_training_launcher_takes_a_whole_number_of_gpus_and_nothing_else(bad
     assert cfgmod.training_launcher("3") == "torchrun --standalone --nproc-per-node=3 --no-python "
     with pytest.raises(ConfigError, match="whole number"):
         cfgmod.training_launcher(bad)
+
+
+def test_default_acne_test_split_holds_every_lesion_type_in_numbers_a_recall_can_be_read_from():
+    """The embedded default's test split is sized for its rarest type (nodules, 1% of lesions): with
+    120 images it held 2 nodules, so a nodule recall could only be 0, 0.5 or 1. The split is computed
+    from the generator's plan and the splitter the workflow runs, without drawing any pixel."""
+    from pipeline.data.adapters.synthetic import _acne_row
+    from pipeline.data.splits import split_manifest
+    from pipeline.data.synthetic import acne
+    from pipeline.tasks import TASKS
+
+    dataset = cfgmod.validate_config(default_config())["datasets"]["acne_synthetic"]
+    params = dataset["params"]
+    plans = acne.plan_images(params["n_images"], params["scale"], params["image_size"], params["seed"])
+    frame = pd.DataFrame([_acne_row(plan) for plan in plans])
+    classes = list(dataset["classes"])
+    split = split_manifest(frame, task="segmentation", classes=classes, fractions=dataset["split"]["fractions"],
+                           seed=dataset["split"]["seed"],
+                           lesion_counts=TASKS.get("segmentation").split_strata(frame, dataset))
+    lesions = split.groupby("split")[[f"n_{t}" for t in classes]].sum()
+    assert (lesions.loc["test"] >= 10).all(), lesions.loc["test"].to_dict()
+    # training keeps the size it had (72 images), so the default run's training time does not grow
+    assert 64 <= (split["split"] == "train").sum() <= 80
