@@ -274,7 +274,11 @@ def cmd_list(args) -> None:
 
 
 def cmd_resolve(args) -> None:
-    cfg = _run_config(args)
+    # --run-spec: the run the Snakefile resolved from its merged config files (JSON), written as is;
+    # a shell job instead of a `run:` block, which Snakemake executes in a fresh Snakemake process.
+    cfg = json.loads(args.run_spec) if args.run_spec else _run_config(args)
+    if args.run_spec and not args.out:
+        raise PipelineError("--run-spec needs --out")
     out = Path(args.out) if args.out else Path(cfg["run_dir"]) / rundir.RUN_CONFIG
     rundir.write_run_config(cfg, out)
     log.info("wrote %s", out)
@@ -304,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dataset_command("prepare", cmd_prepare, "build a dataset's manifest (generating the synthetic default if needed)")
     dataset_command("split", cmd_split, "write the frozen, seeded, grouped train/val/test split")
-    run_command("resolve", cmd_resolve, "write a run's resolved config").add_argument("--out")
+    resolve = run_command("resolve", cmd_resolve, "write a run's resolved config")
+    resolve.add_argument("--out")
+    resolve.add_argument("--run-spec", help="the resolved run as JSON (what the Snakefile passes), written to --out")
     run_command("train", cmd_train, "train one run; resumes from its last checkpoint").add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (Snakemake passes {threads})")
     run_command("predict", cmd_predict, "predict the test split with the best checkpoint").add_argument(

@@ -1,3 +1,5 @@
+import json
+
 # One run = experiment × seed. Its resolved config (run.yaml) is rewritten only when that experiment's
 # settings or the package code change (params rerun trigger), so editing one experiment reruns only it.
 
@@ -6,14 +8,17 @@ def resolved_run(wildcards):
     return pipeline_config.resolve_experiment(CONFIG, wildcards.experiment, int(wildcards.seed))
 
 
+# A shell job: Snakemake executes a `run:` block in a Snakemake process of its own (seconds each).
 rule resolve:
     output:
         f"{RESULTS}/{{experiment}}/seed{{seed}}/run.yaml",
     params:
-        run=resolved_run,
+        spec=lambda wildcards: json.dumps(resolved_run(wildcards)),
+    log:
+        f"{RESULTS}/{{experiment}}/seed{{seed}}/logs/resolve.log",
     localrule: True
-    run:
-        pipeline_config.write_yaml_atomic(params.run, output[0])
+    shell:
+        "pipeline resolve --run-spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train:

@@ -38,3 +38,23 @@ def test_list_experiments_shows_the_grid_expansion(tmp_path, capsys):
     n = len(config["experiments"]) + 4
     assert lines[-1] == f"# {n} experiments x seeds [0, 1] = {2 * n} runs"
     assert cli.main(["list", "experiments"]) == 2  # needs --config
+
+
+def test_resolve_writes_the_run_spec_the_snakefile_passes_as_the_run_config(tmp_path):
+    import json
+
+    from pipeline import config as cfgmod
+    from pipeline import rundir
+
+    config = cfgmod.validate_config(yaml.safe_load((Path(cli.__file__).parents[1] / "configs" / "config.yaml").read_text()))
+    run = cfgmod.resolve_experiment(config, "seg_dice_ce", 2)
+    out = tmp_path / "seed2" / "run.yaml"
+    assert cli.main(["resolve", "--run-spec", json.dumps(run), "--out", str(out)]) == 0
+    assert rundir.read_run_config(out) == run
+    # the same bytes as resolving from the config file
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert cli.main(["resolve", "--config", str(path), "--experiment", "seg_dice_ce", "--seed", "2",
+                     "--out", str(tmp_path / "direct.yaml")]) == 0
+    assert out.read_bytes() == (tmp_path / "direct.yaml").read_bytes()
+    assert cli.main(["resolve", "--run-spec", json.dumps(run)]) == 2  # needs --out
