@@ -38,7 +38,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
             "normalise_on_device": "auto",  # uint8 batches to the GPU, normalised there (pipeline/training.py)
             "augment_on_device": "auto",  # the colour jitter per image on the GPU's batch (pipeline/training.py)
             "decode_cache": "data/cache",  # decode each image once (pipeline/data/cache.py); null: per item
-            "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
+            "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1, "select": "best",
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "fused": "auto"},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },
@@ -53,7 +53,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "sampler": {"name": "none"},
         "train": {
             "epochs": 20, "batch_size": 16, "patch_size": 64, "patches_per_image": 4, "augment": True,
-            "amp": "auto", "channels_last": "auto", "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1,
+            "amp": "auto", "channels_last": "auto", "device": "auto", "num_workers": "auto", "grad_clip": None, "max_train_batches": None, "val_every": 1, "select": "best",
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "fused": "auto"},
             "scheduler": {"name": "cosine", "warmup_epochs": 0},
         },

@@ -476,7 +476,9 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
         val_score = (task.validation_score(trainer.model, trainer.val_frame, trainer.device, trainer.num_workers,
                                            trainer.amp_dtype) if validate_now else math.nan)
         state["epoch"] = epoch + 1
-        improved = validate_now and val_score > state["best_score"]
+        # train.select: "best" keeps the validated epoch with the highest score; "last" (a plain training loop's
+        # rule) the final weights, validated as often as val_every says, for the record only
+        improved = validate_now and (cfg["train"]["select"] == "last" or val_score > state["best_score"])
         if improved:
             state["best_score"], state["best_epoch"] = val_score, epoch + 1
         record = {"epoch": epoch + 1, "train_loss": train_loss, f"val_{task.score_name}": val_score,
@@ -491,7 +493,8 @@ def train(cfg: dict, *, threads: int | None = None) -> dict:
                      state["best_score"], state["best_epoch"], record["lr"], record["seconds"])
 
     summary = {"experiment": cfg["experiment"], "seed": seed, "fingerprint": trainer.run_id, "epochs": epochs,
-               "best_epoch": state["best_epoch"], f"best_val_{task.score_name}": state["best_score"],
+               "select": cfg["train"]["select"], "best_epoch": state["best_epoch"],
+               f"best_val_{task.score_name}": state["best_score"],
                "steps": state["global_step"], "device": str(trainer.device),
                "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."), "world_size": trainer.world_size,
                "history": state["history"], "train_class_counts": trainer.class_counts}

@@ -34,6 +34,26 @@ def test_train_writes_checkpoints_history_and_resolved_config(tmp_path):
     assert best["epoch"] == summary["best_epoch"]
 
 
+@pytest.mark.parametrize("select, kept_epoch", [("best", 1), ("last", 3)])
+def test_select_keeps_the_best_validated_epoch_or_the_last(tmp_path, monkeypatch, select, kept_epoch):
+    # validation scores that fall: "best" keeps epoch 1, "last" the final weights whatever validation says
+    scores = iter([0.9, 0.5, 0.1])
+    monkeypatch.setattr(ClassificationTask, "validation_score", lambda self, *args, **kwargs: next(scores))
+    summary = training.train(tiny_classification_run(tmp_path, epochs=3, select=select), threads=1)
+    checkpoints = tmp_path / "results" / "tiny_ce" / "seed0" / "checkpoints"
+    best, last = state(checkpoints / "best.pt"), state(checkpoints / "last.pt")
+    assert summary["select"] == select and summary["best_epoch"] == best["epoch"] == kept_epoch
+    assert summary["best_val_balanced_accuracy"] == pytest.approx([0.9, 0.5, 0.1][kept_epoch - 1])
+    same_as_last = all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert same_as_last == (select == "last")
+
+
+def test_an_unknown_select_rule_is_a_config_error(tmp_path):
+    from pipeline.errors import ConfigError
+    with pytest.raises(ConfigError, match="select"):
+        tiny_classification_run(tmp_path, select="median")
+
+
 OVERSAMPLE = {"name": "oversample", "coefficients": {"A": 1, "B": 3, "C": 2}}
 HARD = {"name": "hard_examples", "pressure": 50}
 

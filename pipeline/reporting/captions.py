@@ -493,10 +493,15 @@ def grading_caption(grading: Mapping[str, Any]) -> str:
     return text
 
 
-def learning_curve_caption(n_epochs: int, score_name: str, best_epoch: int | None, has_weights: bool) -> str:
-    """Caption of the learning curves: what is plotted and which epoch's model the report shows."""
+def learning_curve_caption(n_epochs: int, score_name: str, best_epoch: int | None, has_weights: bool,
+                           select: str = "best") -> str:
+    """Caption of the learning curves: what is plotted and which epoch's model the report shows
+    (``select``: the run's ``train.select``)."""
     text = (f"Training loss (blue) and validation {score_name} (orange) over {n_epochs} epochs. ")
-    if best_epoch:
+    if best_epoch and select == "last":
+        text += (f"The model in this report is the final one, of epoch {best_epoch} (dashed line; train.select: last): "
+                 f"the validation score was recorded, not used to choose; nor was the test split.")
+    elif best_epoch:
         text += (f"The model in this report is the one of epoch {best_epoch} (dashed line), chosen by the "
                  f"validation score; the test split played no part in the choice.")
     if has_weights:

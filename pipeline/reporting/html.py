@@ -753,7 +753,7 @@ def training_section(run_dir: Path, labels: Mapping[str, str], sink: FigureSink)
                                       "val_score": history[score_column].tolist()}, score_name, best_epoch, weights,
                                      dict(labels)),
         "learning_curves", "Training", captions.learning_curve_caption(len(history), score_name, best_epoch,
-                                                                        weights is not None))
+                                                                        weights is not None, summary.get("select", "best")))
     return {"figure": figure}
 
 

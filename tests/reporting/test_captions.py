@@ -134,3 +134,10 @@ def test_a_ci_bound_that_is_zero_up_to_round_off_is_within_noise():
     assert captions.within_noise({"ci95": [1.08e-16, 0.13]}) is True
     assert captions.within_noise({"ci95": [0.01, 0.13]}) is False
     assert captions.within_noise({"ci95": [-0.2, -1e-17]}) is True
+
+
+def test_learning_curve_caption_says_how_the_reported_epoch_was_chosen():
+    chosen = captions.learning_curve_caption(12, "balanced accuracy", 7, False)
+    assert "epoch 7" in chosen and "chosen by the validation score" in chosen
+    last = captions.learning_curve_caption(12, "balanced accuracy", 12, False, select="last")
+    assert "final one, of epoch 12" in last and "train.select: last" in last and "chosen by" not in last
