@@ -181,7 +181,9 @@ def bench(cfg: dict, *, steps: int = 40, warmup: int = 5, workers: int | None = 
         "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",
         "channels_last": trainer.memory_format == torch.channels_last,
         "normalise_on_device": trainer.input_transform is not None,
-        "augment_on_device": getattr(trainer.input_transform, "colour_jitter", None) is not None,
+        # what of the augmentation the batch gets on the device: False, "colour_jitter" or "all"
+        "augment_on_device": {"BatchAugment": "all", "BatchColourJitter": "colour_jitter"}.get(
+            type(getattr(trainer.input_transform, "colour_jitter", None)).__name__, False),
         "fused_optimizer": bool(trainer.optimizer.defaults.get("fused")),
         "torch_threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
         "pipeline": real, "model_limit": limit,

@@ -193,12 +193,18 @@ def setup(cfg: dict, threads: int | None = None) -> Trainer:
     # train.augment_on_device (auto: on CUDA): the colour jitter too, per image on the whole batch;
     # the loader's workers keep the crops, flips and turns (ResNet-50 at 224 px on an H200 waited for
     # its loader 83% of the time; the jitter was 3.9 of a worker's 6.3 ms an image, docs/BENCHMARKS.md §7)
+    # augment_on_device: all moves the crops, flips and turns too (one resampling of the whole batch,
+    # pipeline.data.transforms.BatchAugment): the loader then only serves cached pixels
     can = hasattr(task, "batch_transform")
-    jitter_on_device = can and auto_flag(cfg["train"].get("augment_on_device", "auto"), device) and task.jitters_colour()
-    on_device = can and (jitter_on_device or auto_flag(cfg["train"].get("normalise_on_device", "auto"), device))
-    dataset = (task.train_dataset(train_frame, model, seed, normalise=False, colour_jitter=not jitter_on_device)
+    on_device_setting = cfg["train"].get("augment_on_device", "auto")
+    all_on_device = can and on_device_setting == "all" and task.jitters_colour()
+    jitter_on_device = can and not all_on_device and auto_flag(on_device_setting, device) and task.jitters_colour()
+    on_device = can and (all_on_device or jitter_on_device or auto_flag(cfg["train"].get("normalise_on_device", "auto"), device))
+    dataset = (task.train_dataset(train_frame, model, seed, normalise=False, colour_jitter=not jitter_on_device,
+                                  augment=not all_on_device)
                if on_device else task.train_dataset(train_frame, model, seed))
-    input_transform = task.batch_transform(model, seed, colour_jitter=jitter_on_device, rank=rank) if on_device else None
+    input_transform = (task.batch_transform(model, seed, colour_jitter=jitter_on_device, rank=rank, augment=all_on_device)
+                       if on_device else None)
     sampler = task.train_sampler(dataset, seed, world_size, rank)
     shuffle_generator = torch.Generator()
     if sampler is None and world_size > 1:  # plain shuffling, sharded across torchrun ranks

@@ -33,4 +33,6 @@ def test_set_overrides_only_settings_the_run_has():
 
 def test_bench_says_when_the_colour_jitter_runs_on_the_device(tmp_path):
     result = bench(tiny_classification_run(tmp_path, augment_on_device=True), steps=2, warmup=1, threads=1)
-    assert result["augment_on_device"] and result["normalise_on_device"] and result["pipeline"]["loader_dtype"] == "uint8"
+    assert result["augment_on_device"] == "colour_jitter" and result["normalise_on_device"] and result["pipeline"]["loader_dtype"] == "uint8"
+    everything = bench(tiny_classification_run(tmp_path / "all", augment_on_device="all"), steps=2, warmup=1, threads=1)
+    assert everything["augment_on_device"] == "all" and everything["pipeline"]["loader_dtype"] == "uint8"

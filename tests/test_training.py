@@ -79,9 +79,10 @@ BF16 = {"amp": True, "image_size": 32}  # bf16 autocast on the CPU (the default 
 
 @pytest.mark.parametrize("sampler, workers, precision", [(None, 0, {}), (OVERSAMPLE, 0, {}), (HARD, 0, {}), (None, 2, {}),
                                                          (None, 0, BF16), (OVERSAMPLE, 2, BF16),
-                                                         (None, 2, {"augment_on_device": True})],
+                                                         (None, 2, {"augment_on_device": True}),
+                                                         (OVERSAMPLE, 2, {"augment_on_device": "all"})],
                          ids=["shuffle", "oversample", "hard_examples", "shuffle_2_workers", "bf16", "bf16_oversample_2_workers",
-                              "colour_jitter_on_device_2_workers"])
+                              "colour_jitter_on_device_2_workers", "all_on_device_oversample_2_workers"])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, sampler, workers, precision):
     # with workers, the reference runs in one process: augmentation must not depend on the worker count.
     # Three epochs: persistent workers keep one loader iterator from the second epoch on
@@ -375,3 +376,22 @@ def test_colour_jitter_on_the_device(tmp_path):
     # without the full augmentation there is no colour jitter to move: the loader path as before
     flips = training.setup(run_with(tmp_path / "flips", augment="flips", augment_on_device=True), threads=1)
     assert flips.input_transform is None
+
+
+def test_the_whole_augmentation_on_the_device(tmp_path):
+    # train.augment_on_device: all: the loader serves cached pixels at the evaluation geometry (no random
+    # transform left in it) and the trainer crops, flips, turns and jitters the uint8 batch itself
+    trainer = training.setup(run_with(tmp_path / "probe", augment_on_device="all"), threads=1)
+    names = {type(t).__name__ for t in trainer.dataset.transform.transforms}
+    assert "CenterCrop" in names and not names & {"RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"}
+    assert type(trainer.input_transform.colour_jitter).__name__ == "BatchAugment"
+    inputs, _ = next(iter(trainer.loader))
+    assert inputs.dtype == torch.uint8
+    trainer.input_transform.set_epoch(0)
+    augmented = trainer.device_inputs(inputs)
+    trainer.input_transform.set_epoch(0)
+    assert torch.equal(trainer.device_inputs(inputs), augmented)  # the epoch's draws repeat
+    trainer.input_transform.set_epoch(1)
+    assert not torch.equal(trainer.device_inputs(inputs), augmented)
+    summary = training.train(run_with(tmp_path / "run", augment_on_device="all"), threads=1)
+    assert all(math.isfinite(row["train_loss"]) for row in summary["history"])

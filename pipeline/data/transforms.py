@@ -110,6 +110,15 @@ def colour_jitter_batch(batch: torch.Tensor, factors: torch.Tensor, order: torch
     return out
 
 
+def draw_colour_jitter(generator: torch.Generator, ranges: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ColorJitter's draws for ``n`` images: (N, 4) factors, uniform in [1 - x, 1 + x] (brightness, contrast,
+    saturation) and [-x, x] (hue) for ``ranges`` x, and (N, 4) orders of the four operations."""
+    u = torch.rand(n, 4, generator=generator, dtype=torch.float64) * 2 - 1  # in [-1, 1)
+    factors = u * ranges + torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    order = torch.rand(n, 4, generator=generator).argsort(dim=1)  # a uniform permutation per image
+    return factors, order
+
+
 class BatchColourJitter:
     """The training augmentation's colour jitter for a whole batch on its device (``train.augment_on_device``):
     factors drawn per image, uniformly in [1 - x, 1 + x] (brightness, contrast, saturation) and
@@ -130,13 +139,116 @@ class BatchColourJitter:
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 4) factors and (N, 4) orders for the next ``n`` images."""
-        u = torch.rand(n, 4, generator=self.generator, dtype=torch.float64) * 2 - 1  # in [-1, 1)
-        factors = u * self.ranges + torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
-        order = torch.rand(n, 4, generator=self.generator).argsort(dim=1)  # a uniform permutation per image
-        return factors, order
+        return draw_colour_jitter(self.generator, self.ranges, n)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return colour_jitter_batch(batch, *self.draw(len(batch)))
+
+
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale (the grey that contrast and saturation blend with)
+_GREY = (0.2989, 0.587, 0.114)
+# RGB -> YIQ (NTSC); a hue shift is a rotation of the (I, Q) chroma plane about the luma axis, as
+# NVIDIA DALI's and Kornia's linear hue adjustment
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+class BatchAugment:
+    """The whole classification training augmentation on a batch (``train.augment_on_device: all``):
+    the loader serves each image at the evaluation geometry (uint8, ``image_size`` square: the centre
+    square of a non-square photo, so crops come from that square, where the per-image path crops from the
+    whole photo; for square images the two draw from the same pixels), and here, per image, on the batch's
+    device:
+
+    - **geometry as one resampling**: a crop of 70-100% of the area at aspect 0.9-1.1 (RandomResizedCrop's
+      ranges; a draw wider than the image is clipped to it), horizontal and vertical flips and a 90° turn
+      (each p = 0.5), composed into one affine map and resampled bilinearly with
+      ``F.affine_grid``/``F.grid_sample`` (the Spatial Transformer sampler, Jaderberg et al. 2015);
+    - **colour as one linear map**: brightness, contrast and saturation as torchvision's blends (with
+      black, the mean grey, the greyscale image) and hue as a rotation of YIQ's chroma plane (DALI's hue,
+      linear, where torchvision goes through HSV), each image's four in its own random order, composed
+      into a 3x3 matrix and an offset, clamped to [0, 1] once at the end (torchvision clamps after each).
+
+    Ranges are those of the per-image path (:func:`classification_transform`, :data:`COLOUR_JITTER`); the
+    arithmetic differs (bilinear without antialiasing, a linear hue, one clamp), so the images are close to,
+    not equal to, the per-image path's (tests/data/test_transforms.py). What it buys: the per-image
+    transforms were 0.3 ms (geometry) and 1.2 ms (colour) an image on one CPU thread; this is about 0.1 ms
+    (docs/BENCHMARKS.md §7). Draws come from a CPU generator of its own, re-seeded per epoch from (seed,
+    epoch, stream) as :class:`BatchColourJitter`'s, so they do not depend on the device or the workers."""
+
+    def __init__(self, seed: int, scale: tuple[float, float] = (0.7, 1.0), ratio: tuple[float, float] = (0.9, 1.1),
+                 jitter: dict | None = None, stream: int = 0) -> None:
+        self.seed, self.stream, self.scale, self.ratio = seed, stream, scale, ratio
+        jitter = COLOUR_JITTER if jitter is None else jitter
+        self.ranges = torch.tensor([jitter["brightness"], jitter["contrast"], jitter["saturation"], jitter["hue"]],
+                                   dtype=torch.float64)
+        self.generator = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed((self.seed * 1_000_003 + epoch * 100_003 + self.stream * 7_919 + 17) % 2**63)
+
+    def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator, dtype=torch.float64) * (high - low) + low
+
+    def draw_geometry(self, n: int) -> torch.Tensor:
+        """(N, 2, 3) affine maps from output to input coordinates (in [-1, 1], ``affine_grid``'s convention)."""
+        area = self._uniform(n, *self.scale)
+        log_ratio = self._uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]))
+        width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # fractions of the image's side
+        height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+        centre_x = self._uniform(n, -1.0, 1.0) * (1 - width)
+        centre_y = self._uniform(n, -1.0, 1.0) * (1 - height)
+        flips = torch.rand(n, 3, generator=self.generator) < 0.5  # horizontal, vertical, turn
+        sign_x = 1.0 - 2.0 * flips[:, 0].double()
+        sign_y = 1.0 - 2.0 * flips[:, 1].double()
+        turn = flips[:, 2]
+        linear = torch.zeros(n, 2, 2, dtype=torch.float64)
+        linear[:, 0, 0], linear[:, 1, 1] = width * sign_x, height * sign_y
+        quarter = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)  # a 90° turn of the output grid
+        linear = torch.where(turn[:, None, None], linear @ quarter, linear)
+        return torch.cat([linear, torch.stack([centre_x, centre_y], 1)[:, :, None]], dim=2)
+
+    def draw_colour(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4) factors (brightness, contrast, saturation, hue in turns) and (N, 4) orders, as ColorJitter's."""
+        return draw_colour_jitter(self.generator, self.ranges, n)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = batch.shape
+        theta = self.draw_geometry(n).to(batch.device, batch.dtype)
+        grid = torch.nn.functional.affine_grid(theta, [n, 3, height, width], align_corners=False)
+        batch = torch.nn.functional.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        matrix, offset = colour_maps(batch.mean(dim=(2, 3)), *self.draw_colour(n))
+        out = torch.baddbmm(offset.to(batch.dtype)[:, :, None], matrix.to(batch.dtype), batch.flatten(2))
+        return out.view_as(batch).clamp_(0.0, 1.0)
+
+
+def colour_maps(mean_rgb: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's colour jitter as one affine map x -> M x + b ((N, 3, 3), (N, 3), float64 on the CPU):
+    brightness f: f x; contrast f: f x + (1 - f) grey(mean of x); saturation f: f x + (1 - f) grey(x);
+    hue h (turns): a rotation by 2 pi h of YIQ's (I, Q) plane; composed in each image's ``order``. The mean
+    of the image after earlier maps is their map of ``mean_rgb`` (the maps are affine), so the contrast
+    blend needs no pass over the pixels."""
+    n = len(factors)
+    mean_rgb = mean_rgb.detach().to("cpu", torch.float64)
+    grey = torch.tensor(_GREY, dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64).expand(n, 3, 3)
+    to_yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)
+    from_yiq = torch.linalg.inv(to_yiq)
+    matrix, offset = eye.clone(), torch.zeros(n, 3, dtype=torch.float64)
+    for slot in range(4):
+        op, f = order[:, slot], factors.gather(1, order[:, slot:slot + 1])[:, 0]
+        scale = f[:, None, None] * eye
+        mean_grey = ((matrix @ mean_rgb[:, :, None])[:, :, 0] + offset) @ grey  # grey of the current image's mean
+        angle = 2 * math.pi * factors[:, 3]
+        rotation = eye.clone()
+        rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+        step_matrix = torch.where((op == 0)[:, None, None] | (op == 1)[:, None, None], scale,
+                                  torch.where((op == 2)[:, None, None],
+                                              scale + (1 - f)[:, None, None] * torch.ones(n, 3, 1, dtype=torch.float64) * grey,
+                                              from_yiq @ rotation @ to_yiq))
+        step_offset = torch.where((op == 1)[:, None], ((1 - f) * mean_grey)[:, None].expand(n, 3), torch.zeros(n, 3, dtype=torch.float64))
+        matrix, offset = step_matrix @ matrix, (step_matrix @ offset[:, :, None])[:, :, 0] + step_offset
+    return matrix, offset
 
 
 class BatchTransform:
@@ -147,7 +259,9 @@ class BatchTransform:
     worker queues, pinned memory and the bus, and the arithmetic runs on the device (what timm's
     PrefetchLoader does)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], colour_jitter: BatchColourJitter | None = None) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float],
+                 colour_jitter: BatchColourJitter | BatchAugment | None = None) -> None:
+        # colour_jitter: the jitter alone (augment_on_device: true) or the whole augmentation (all)
         self.mean, self.std, self.colour_jitter = list(mean), list(std), colour_jitter
 
     def set_epoch(self, epoch: int) -> None:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from pipeline import rundir
 from pipeline.data.datasets import ClassificationDataset
 from pipeline.data.manifest import class_counts
-from pipeline.data.transforms import BatchColourJitter, BatchTransform, classification_transform
+from pipeline.data.transforms import BatchAugment, BatchColourJitter, BatchTransform, classification_transform
 from pipeline.errors import ConfigError, DataError, TrainingError
 from pipeline.losses import loss_head, loss_parameters
 from pipeline.models import HEADS, build_classifier
@@ -158,12 +158,13 @@ class ClassificationTask:
     def class_counts(self, train_frame: pd.DataFrame) -> list[int]:
         return class_counts(train_frame, self.classes)
 
-    def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int,
-                      normalise: bool = True, colour_jitter: bool = True) -> ClassificationDataset:
+    def train_dataset(self, frame: pd.DataFrame, model: torch.nn.Module, seed: int, normalise: bool = True,
+                      colour_jitter: bool = True, augment: bool = True) -> ClassificationDataset:
         """``normalise=False``: uint8 inputs, finished on the device by :meth:`batch_transform`
-        (``colour_jitter=False``: its colour jitter there too)."""
+        (``colour_jitter=False``: its colour jitter there too; ``augment=False``: the whole augmentation
+        there, the loader serving the evaluation geometry)."""
         train = self.cfg["train"]
-        transform = classification_transform(train["image_size"], train=True, augment=train["augment"],
+        transform = classification_transform(train["image_size"], train=augment, augment=train["augment"],
                                              crop_pct=train["crop_pct"], normalise=normalise, colour_jitter=colour_jitter,
                                              **self._normalisation(model))
         return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed, cache_dir=self._cache_dir)
@@ -172,10 +173,12 @@ class ClassificationTask:
         """Whether the training augmentation holds a colour jitter (``train.augment: true``)."""
         return self.cfg["train"]["augment"] is True
 
-    def batch_transform(self, model: torch.nn.Module, seed: int, colour_jitter: bool = False, rank: int = 0) -> BatchTransform:
-        """What the training dataset leaves out with ``normalise=False`` (and ``colour_jitter=False``), for a
-        batch; the jitter's draws are this rank's own."""
-        jitter = BatchColourJitter(seed, stream=rank) if colour_jitter else None
+    def batch_transform(self, model: torch.nn.Module, seed: int, colour_jitter: bool = False, rank: int = 0,
+                        augment: bool = False) -> BatchTransform:
+        """What the training dataset leaves out with ``normalise=False`` (and ``colour_jitter=False``, or
+        ``augment=False``: :class:`BatchAugment`), for a batch; the draws are this rank's own."""
+        jitter = (BatchAugment(seed, stream=rank) if augment else
+                  BatchColourJitter(seed, stream=rank) if colour_jitter else None)
         return BatchTransform(**self._normalisation(model), colour_jitter=jitter)
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):

@@ -127,3 +127,97 @@ def test_training_transform_without_its_colour_jitter():
     assert any(type(t).__name__ == "ColorJitter" for t in with_jitter.transforms)
     assert not any(type(t).__name__ == "ColorJitter" for t in without.transforms)
     assert without(image).dtype == torch.uint8
+
+
+# --- BatchAugment (train.augment_on_device: all): the whole augmentation on the batch -------------------
+
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
+
+from pipeline.data.transforms import BatchAugment, colour_maps  # noqa: E402
+
+
+def _mid_range_batch(n=6, size=12, seed=0):
+    # values in [0.3, 0.7]: none of the ranges' maps reach 0 or 1, so no clamp hides a difference
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 0.4 + 0.3
+
+
+@pytest.mark.parametrize("op, adjust", [(0, TF.adjust_brightness), (1, TF.adjust_contrast), (2, TF.adjust_saturation)])
+def test_colour_maps_are_torchvisions_blends(op, adjust):
+    batch = _mid_range_batch()
+    factors = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64).repeat(len(batch), 1)
+    factors[:, op] = torch.linspace(0.9, 1.1, len(batch), dtype=torch.float64)
+    order = torch.tensor([[op] + [k for k in range(4) if k != op]]).repeat(len(batch), 1)
+    matrix, offset = colour_maps(batch.mean(dim=(2, 3)), factors, order)
+    mapped = (matrix.float() @ batch.flatten(2) + offset.float()[:, :, None]).view_as(batch)
+    expected = torch.stack([adjust(image, float(f)) for image, f in zip(batch, factors[:, op])])
+    torch.testing.assert_close(mapped, expected, atol=1e-5, rtol=0)
+
+
+def test_the_hue_map_keeps_luma_and_grey_and_turns_the_chroma():
+    batch = _mid_range_batch()
+    factors = torch.tensor([[1.0, 1.0, 1.0, 0.02]], dtype=torch.float64).repeat(len(batch), 1)
+    order = torch.tensor([[3, 0, 1, 2]]).repeat(len(batch), 1)
+    matrix, offset = colour_maps(batch.mean(dim=(2, 3)), factors, order)
+    assert torch.all(offset == 0)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+    torch.testing.assert_close(luma @ matrix[0], luma)  # brightness of every pixel kept
+    torch.testing.assert_close(matrix[0] @ torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))  # greys stay grey
+    assert not torch.allclose(matrix[0], torch.eye(3, dtype=torch.float64))  # and colours turn
+    back = colour_maps(batch.mean(dim=(2, 3)), factors * torch.tensor([1, 1, 1, -1.0], dtype=torch.float64), order)[0]
+    torch.testing.assert_close(back[0] @ matrix[0], torch.eye(3, dtype=torch.float64))  # -h undoes +h
+
+
+def test_colour_maps_compose_in_each_images_order():
+    batch = _mid_range_batch(n=1)
+    factors = torch.tensor([[1.1, 0.9, 1.05, 0.0]], dtype=torch.float64)
+    order = torch.tensor([[2, 0, 1, 3]])
+    matrix, offset = colour_maps(batch.mean(dim=(2, 3)), factors, order)
+    mapped = (matrix.float() @ batch.flatten(2) + offset.float()[:, :, None]).view_as(batch)
+    expected = TF.adjust_contrast(TF.adjust_brightness(TF.adjust_saturation(batch[0], 1.05), 1.1), 0.9)
+    torch.testing.assert_close(mapped[0], expected, atol=1e-5, rtol=0)
+
+
+def test_batch_augment_geometry_is_exact_for_flips_and_turns(monkeypatch):
+    batch = _mid_range_batch(n=4, size=8)
+    augment = BatchAugment(seed=0, jitter={"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0})
+    identity, h_flip, v_flip = [[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, -1.0]]
+    turn = [[0.0, -1.0], [1.0, 0.0]]
+    linear = torch.tensor([identity, h_flip, v_flip, turn], dtype=torch.float64)
+    monkeypatch.setattr(augment, "draw_geometry", lambda n: torch.cat([linear, torch.zeros(n, 2, 1, dtype=torch.float64)], 2))
+    out = augment(batch)
+    torch.testing.assert_close(out[0], batch[0])
+    torch.testing.assert_close(out[1], batch[1].flip(-1))
+    torch.testing.assert_close(out[2], batch[2].flip(-2))
+    assert any(torch.allclose(out[3], batch[3].rot90(k, dims=(-2, -1)), atol=1e-6) for k in (1, 3))
+
+
+def test_batch_augment_draws_the_per_image_paths_ranges_and_repeats_per_epoch():
+    augment = BatchAugment(seed=3)
+    theta = augment.draw_geometry(4000)
+    # |det| of the map = the crop's area fraction (in [0.7, 1.0], less where a side was clipped)
+    area = torch.linalg.det(theta[:, :, :2]).abs()
+    assert 0.69 < area.min() and area.max() <= 1.0 + 1e-9 and 0.80 < area.mean() < 0.88
+    # the crop stays inside the image: centre plus half-extent within [-1, 1]
+    extent = theta[:, :, :2].abs().sum(dim=2)
+    assert torch.all(theta[:, :, 2].abs() + extent <= 1.0 + 1e-9)
+    dets = torch.linalg.det(theta[:, :, :2])
+    assert 0.4 < (dets < 0).double().mean() < 0.6  # one flip or the other (not both) half the time
+    factors, order = augment.draw_colour(4000)
+    assert torch.all((factors[:, :3] - 1).abs() <= torch.tensor([0.1, 0.1, 0.05], dtype=torch.float64))
+    assert factors[:, 3].abs().max() <= 0.02 and factors[:, 3].abs().max() > 0.019
+    assert torch.equal(order.sort(dim=1).values, torch.arange(4).expand(4000, 4))
+    augment.set_epoch(2)
+    first = augment.draw_geometry(5)
+    augment.set_epoch(2)
+    assert torch.equal(first, augment.draw_geometry(5))
+    augment.set_epoch(3)
+    assert not torch.equal(first, augment.draw_geometry(5))
+
+
+def test_batch_augment_output_is_in_range_and_close_to_the_input_on_average():
+    batch = torch.rand(16, 3, 32, 32)
+    out = BatchAugment(seed=0)(batch)
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # small colour ranges: each image's mean colour moves little
+    assert (out.mean(dim=(2, 3)) - batch.mean(dim=(2, 3))).abs().max() < 0.15
