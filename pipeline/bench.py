@@ -128,6 +128,9 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
     for task, shape in LOSS_SHAPES.items():
         generator = torch.Generator().manual_seed(0)
         logits = torch.randn(shape, generator=generator).to(device)
+        # a loss on a cosine head (LDAM: head = "cosine") takes cosines: standard normal logits times
+        # its scale of 30 would put most probabilities among float32's denormals, slow on x86 CPUs
+        cosines = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
         targets = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator).to(device)
         rows: dict[str, dict[str, Any]] = {}
         losses = {}
@@ -137,13 +140,14 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
                                   **REQUIRED_PARAMS.get(name, {})).to(device)
                 if hasattr(loss, "set_step"):
                     loss.set_step(0, 1000, steps_per_epoch=100)
-                loss(logits.detach().requires_grad_(True), targets).backward()  # refuses wrong shapes here
-                losses[name], rows[name] = loss, {"times": []}
+                inputs = cosines if getattr(loss, "head", None) == "cosine" else logits
+                loss(inputs.detach().requires_grad_(True), targets).backward()  # refuses wrong shapes here
+                losses[name], rows[name] = (loss, inputs), {"times": []}
             except (ConfigError, ValueError, RuntimeError) as err:  # a loss that does not take this task's shapes
                 rows[name] = {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
         for i in range(warmup + repeats):
-            for name, loss in losses.items():
-                x = logits.detach().requires_grad_(True)
+            for name, (loss, inputs) in losses.items():
+                x = inputs.detach().requires_grad_(True)
                 _sync(device)
                 started = time.perf_counter()
                 loss(x, targets).backward()
@@ -158,6 +162,13 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
                 row["vs_ce"] = row["ms"] / reference
         out[task] = {"shape": list(shape), "losses": rows}
     return out
+
+
+def _augment_on_device(input_transform: Any) -> str | bool:
+    from pipeline.data.transforms import BatchAugment, BatchColourJitter
+
+    augment = getattr(input_transform, "augment", None)
+    return "all" if isinstance(augment, BatchAugment) else "colour_jitter" if isinstance(augment, BatchColourJitter) else False
 
 
 def bench(cfg: dict, *, steps: int = 40, warmup: int = 5, workers: int | None = None,
@@ -182,8 +193,7 @@ def bench(cfg: dict, *, steps: int = 40, warmup: int = 5, workers: int | None = 
         "channels_last": trainer.memory_format == torch.channels_last,
         "normalise_on_device": trainer.input_transform is not None,
         # what of the augmentation the batch gets on the device: False, "colour_jitter" or "all"
-        "augment_on_device": {"BatchAugment": "all", "BatchColourJitter": "colour_jitter"}.get(
-            type(getattr(trainer.input_transform, "colour_jitter", None)).__name__, False),
+        "augment_on_device": _augment_on_device(trainer.input_transform),
         "fused_optimizer": bool(trainer.optimizer.defaults.get("fused")),
         "torch_threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
         "pipeline": real, "model_limit": limit,

@@ -81,7 +81,7 @@ def test_a_classifier_trains_and_predicts_on_cuda_and_its_checkpoint_runs_on_the
     assert trainer.memory_format == torch.channels_last and trainer.optimizer.defaults["fused"] is True
     inputs, _ = next(iter(trainer.loader))  # uint8 from the loader, colour-jittered and normalised on the GPU
     assert inputs.dtype == torch.uint8 and trainer.device_inputs(inputs).dtype == torch.float32
-    assert trainer.input_transform.colour_jitter is not None  # train.augment_on_device: auto
+    assert trainer.input_transform.augment is not None  # train.augment_on_device: auto
     assert not any(type(t).__name__ == "ColorJitter" for t in trainer.dataset.transform.transforms)
     assert trainer.device_inputs(inputs).is_cuda
     assert next(trainer.model.parameters()).is_cuda

@@ -364,7 +364,7 @@ def test_colour_jitter_on_the_device(tmp_path):
     trainer.input_transform.set_epoch(0)
     jittered = trainer.device_inputs(inputs)
     plain = training.setup(run_with(tmp_path / "plain", normalise_on_device=True), threads=1)
-    assert plain.input_transform.colour_jitter is None
+    assert plain.input_transform.augment is None
     normalised = plain.device_inputs(inputs)
     assert jittered.dtype == torch.float32 and jittered.shape == normalised.shape
     moved = (jittered - normalised).abs().flatten(1).amax(dim=1)
@@ -384,7 +384,7 @@ def test_the_whole_augmentation_on_the_device(tmp_path):
     trainer = training.setup(run_with(tmp_path / "probe", augment_on_device="all"), threads=1)
     names = {type(t).__name__ for t in trainer.dataset.transform.transforms}
     assert "CenterCrop" in names and not names & {"RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"}
-    assert type(trainer.input_transform.colour_jitter).__name__ == "BatchAugment"
+    assert type(trainer.input_transform.augment).__name__ == "BatchAugment"
     inputs, _ = next(iter(trainer.loader))
     assert inputs.dtype == torch.uint8
     trainer.input_transform.set_epoch(0)

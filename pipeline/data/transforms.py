@@ -119,23 +119,33 @@ def draw_colour_jitter(generator: torch.Generator, ranges: torch.Tensor, n: int)
     return factors, order
 
 
-class BatchColourJitter:
-    """The training augmentation's colour jitter for a whole batch on its device (``train.augment_on_device``):
-    factors drawn per image, uniformly in [1 - x, 1 + x] (brightness, contrast, saturation) and
-    [-x, x] (hue), and an order of the four, as torchvision's ColorJitter, from a CPU generator of its own that
-    :meth:`set_epoch` re-seeds from (seed, epoch, stream), so the draws do not depend on the device or on
-    how many loader workers there are, and a resumed run draws what an uninterrupted one did. ``stream``:
-    the torchrun rank, so that ranks draw apart."""
+class _EpochSeededDraws:
+    """Random draws from a CPU generator of its own, re-seeded per epoch from (seed, epoch, stream), so they
+    do not depend on the device or on how many loader workers there are, and a resumed run draws what an
+    uninterrupted one did. ``stream``: the torchrun rank, so that ranks draw apart; ``salt`` keeps two
+    kinds of draws with the same seed apart."""
 
-    def __init__(self, seed: int, brightness: float = COLOUR_JITTER["brightness"], contrast: float = COLOUR_JITTER["contrast"],
-                 saturation: float = COLOUR_JITTER["saturation"], hue: float = COLOUR_JITTER["hue"], stream: int = 0) -> None:
+    salt = 0
+
+    def __init__(self, seed: int, stream: int = 0) -> None:
         self.seed, self.stream = seed, stream
-        self.ranges = torch.tensor([brightness, contrast, saturation, hue], dtype=torch.float64)
         self.generator = torch.Generator()
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed((self.seed * 1_000_003 + epoch * 100_003 + self.stream * 7_919) % 2**63)
+        self.generator.manual_seed((self.seed * 1_000_003 + epoch * 100_003 + self.stream * 7_919 + self.salt) % 2**63)
+
+
+class BatchColourJitter(_EpochSeededDraws):
+    """The training augmentation's colour jitter for a whole batch on its device (``train.augment_on_device``):
+    factors drawn per image, uniformly in [1 - x, 1 + x] (brightness, contrast, saturation) and
+    [-x, x] (hue), and an order of the four, as torchvision's ColorJitter (draws re-seeded per epoch,
+    :class:`_EpochSeededDraws`)."""
+
+    def __init__(self, seed: int, brightness: float = COLOUR_JITTER["brightness"], contrast: float = COLOUR_JITTER["contrast"],
+                 saturation: float = COLOUR_JITTER["saturation"], hue: float = COLOUR_JITTER["hue"], stream: int = 0) -> None:
+        self.ranges = torch.tensor([brightness, contrast, saturation, hue], dtype=torch.float64)
+        super().__init__(seed, stream)
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 4) factors and (N, 4) orders for the next ``n`` images."""
@@ -152,7 +162,7 @@ _GREY = (0.2989, 0.587, 0.114)
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
-class BatchAugment:
+class BatchAugment(_EpochSeededDraws):
     """The whole classification training augmentation on a batch (``train.augment_on_device: all``):
     the loader serves each image at the evaluation geometry (uint8, ``image_size`` square: the centre
     square of a non-square photo, so crops come from that square, where the per-image path crops from the
@@ -172,20 +182,17 @@ class BatchAugment:
     arithmetic differs (bilinear without antialiasing, a linear hue, one clamp), so the images are close to,
     not equal to, the per-image path's (tests/data/test_transforms.py). What it buys: the per-image
     transforms were 0.3 ms (geometry) and 1.2 ms (colour) an image on one CPU thread; this is about 0.1 ms
-    (docs/BENCHMARKS.md §7). Draws come from a CPU generator of its own, re-seeded per epoch from (seed,
-    epoch, stream) as :class:`BatchColourJitter`'s, so they do not depend on the device or the workers."""
+    (docs/BENCHMARKS.md §7). Draws are re-seeded per epoch (:class:`_EpochSeededDraws`)."""
+
+    salt = 17
 
     def __init__(self, seed: int, scale: tuple[float, float] = (0.7, 1.0), ratio: tuple[float, float] = (0.9, 1.1),
                  jitter: dict | None = None, stream: int = 0) -> None:
-        self.seed, self.stream, self.scale, self.ratio = seed, stream, scale, ratio
+        self.scale, self.ratio = scale, ratio
         jitter = COLOUR_JITTER if jitter is None else jitter
         self.ranges = torch.tensor([jitter["brightness"], jitter["contrast"], jitter["saturation"], jitter["hue"]],
                                    dtype=torch.float64)
-        self.generator = torch.Generator()
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed((self.seed * 1_000_003 + epoch * 100_003 + self.stream * 7_919 + 17) % 2**63)
+        super().__init__(seed, stream)
 
     def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
         return torch.rand(n, generator=self.generator, dtype=torch.float64) * (high - low) + low
@@ -233,19 +240,19 @@ def colour_maps(mean_rgb: torch.Tensor, factors: torch.Tensor, order: torch.Tens
     grey = torch.tensor(_GREY, dtype=torch.float64)
     eye = torch.eye(3, dtype=torch.float64).expand(n, 3, 3)
     to_yiq = torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)
-    from_yiq = torch.linalg.inv(to_yiq)
+    # the maps that do not depend on the slot: the hue rotation and saturation's grey projection
+    angle = 2 * math.pi * factors[:, 3]
+    rotation = eye.clone()
+    rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+    hue = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
+    grey_rows = torch.ones(n, 3, 1, dtype=torch.float64) * grey
     matrix, offset = eye.clone(), torch.zeros(n, 3, dtype=torch.float64)
     for slot in range(4):
         op, f = order[:, slot], factors.gather(1, order[:, slot:slot + 1])[:, 0]
         scale = f[:, None, None] * eye
         mean_grey = ((matrix @ mean_rgb[:, :, None])[:, :, 0] + offset) @ grey  # grey of the current image's mean
-        angle = 2 * math.pi * factors[:, 3]
-        rotation = eye.clone()
-        rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
         step_matrix = torch.where((op == 0)[:, None, None] | (op == 1)[:, None, None], scale,
-                                  torch.where((op == 2)[:, None, None],
-                                              scale + (1 - f)[:, None, None] * torch.ones(n, 3, 1, dtype=torch.float64) * grey,
-                                              from_yiq @ rotation @ to_yiq))
+                                  torch.where((op == 2)[:, None, None], scale + (1 - f)[:, None, None] * grey_rows, hue))
         step_offset = torch.where((op == 1)[:, None], ((1 - f) * mean_grey)[:, None].expand(n, 3), torch.zeros(n, 3, dtype=torch.float64))
         matrix, offset = step_matrix @ matrix, (step_matrix @ offset[:, :, None])[:, :, 0] + step_offset
     return matrix, offset
@@ -260,18 +267,18 @@ class BatchTransform:
     PrefetchLoader does)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float],
-                 colour_jitter: BatchColourJitter | BatchAugment | None = None) -> None:
-        # colour_jitter: the jitter alone (augment_on_device: true) or the whole augmentation (all)
-        self.mean, self.std, self.colour_jitter = list(mean), list(std), colour_jitter
+                 augment: BatchColourJitter | BatchAugment | None = None) -> None:
+        # augment: the jitter alone (augment_on_device: true) or the whole augmentation (all)
+        self.mean, self.std, self.augment = list(mean), list(std), augment
 
     def set_epoch(self, epoch: int) -> None:
-        if self.colour_jitter is not None:
-            self.colour_jitter.set_epoch(epoch)
+        if self.augment is not None:
+            self.augment.set_epoch(epoch)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         batch = v2.functional.to_dtype(batch, torch.float32, scale=True)
-        if self.colour_jitter is not None:
-            batch = self.colour_jitter(batch)
+        if self.augment is not None:
+            batch = self.augment(batch)
         return v2.functional.normalize(batch, mean=self.mean, std=self.std)
 
 

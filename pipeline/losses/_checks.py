@@ -121,17 +121,28 @@ def valid_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
 
 def fill_ignored(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Replace ignored entries by class 0 so that gather / one-hot stay in range (they are masked later)."""
-    return torch.where(valid, target, torch.zeros_like(target))
+    return torch.where(valid, target, 0)
 
 
-def reduce_masked(loss: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce a per-sample (per-pixel) loss, skipping ignored entries.
+def split_ignored(target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A checked target as (target with ignored entries set to class 0, bool mask of the counted
+    entries), the mask None when no entry is ignored (the usual case, which then skips the masking)."""
+    valid = valid_mask(target, ignore_index)
+    if bool(valid.all()):
+        return target, None
+    return fill_ignored(target, valid), valid
+
+
+def reduce_masked(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Reduce a per-sample (per-pixel) loss, skipping ignored entries (``valid`` None: none ignored).
 
     'mean' divides by the number of valid entries (NaN when there are none, as torch's
     cross-entropy does: the trainer, not the loss, decides what a non-finite loss means).
     'none' returns the per-entry tensor with ignored entries set to 0.
     """
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if valid is None:
+        return loss if reduction == "none" else loss.sum() if reduction == "sum" else loss.mean()
+    loss = torch.where(valid, loss, 0.0)
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -153,6 +164,8 @@ def safe_pow(base: torch.Tensor, exponent: float) -> torch.Tensor:
     """
     if exponent == 0.0:
         return torch.ones_like(base)
+    if exponent >= 1.0:  # the derivative at 0 is finite (exponent * 0^(exponent - 1)): torch's pow is safe
+        return base.pow(exponent)
     positive = base > 0
     safe_base = torch.where(positive, base, torch.ones_like(base))
     return torch.where(positive, safe_base.pow(exponent), torch.zeros_like(base))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from pipeline.losses._checks import check_ignore_index, check_inputs, check_number, check_reduction
+from pipeline.losses._checks import check_ignore_index, check_inputs, check_number, check_reduction, reduce_masked
 from pipeline.losses.registry import register_loss
 from pipeline.losses.weighting import resolve_weights
 
@@ -53,6 +53,25 @@ class CrossEntropyLoss(_Loss):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
         )
+
+    def from_target_log_p(
+        self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The same loss from l = log p_{i, y_i} (``pipeline.losses._softmax``) and the target
+        (``split_ignored``'s pair), for a composite loss that shares l with its other terms; torch's
+        weighted mean sum_i w_{y_i} CE_i / sum_i w_{y_i}. Without label smoothing only (the smoothed
+        term needs every class's log-probability; Dice + CE, the one caller, has none)."""
+        if self.label_smoothing:
+            raise ValueError("from_target_log_p computes cross-entropy without label smoothing")
+        if self.class_weight is None:
+            return reduce_masked(-target_log_p, valid, self.reduction)
+        weight = self.class_weight.to(target_log_p.dtype)[target]
+        loss = weight * -target_log_p
+        if valid is not None:  # where, not a product: l may be -inf at an ignored pixel
+            weight, loss = torch.where(valid, weight, 0.0), torch.where(valid, loss, 0.0)
+        if self.reduction == "none":
+            return loss
+        return loss.sum() if self.reduction == "sum" else loss.sum() / weight.sum()
 
 
 @register_loss("weighted_ce", weights_param="weights")

@@ -158,10 +158,10 @@ class LDAMLoss(_Loss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = check_inputs(logits, target, self.num_classes, self.ignore_index)
-        in_range = fill_ignored(target, valid_mask(target, self.ignore_index))
+        in_range = fill_ignored(target, valid_mask(target, self.ignore_index)).unsqueeze(1)
+        # s (f - Delta_y e_y): scale, then subtract s Delta_y at the target class in place (no one-hot tensor)
         target_margin = self.margins.to(device=logits.device, dtype=logits.dtype)[in_range]
-        one_hot = F.one_hot(in_range, self.num_classes).movedim(-1, 1).to(logits.dtype)
-        adjusted = self.scale * (logits - one_hot * target_margin.unsqueeze(1))
+        adjusted = (self.scale * logits).scatter_add_(1, in_range, target_margin.mul_(-self.scale))
         weight = None if self.class_weight is None else self.class_weight.to(dtype=logits.dtype)
         return F.cross_entropy(
             adjusted, target, weight=weight, ignore_index=self.ignore_index, reduction=self.reduction

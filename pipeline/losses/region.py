@@ -1,5 +1,7 @@
-"""Segmentation region losses, on MONAI's implementations: softmax over channels, one-hot
-targets from the (N, H, W) label map, channel 0 = background.
+"""Segmentation region losses, MONAI's formulas (monai.losses.DiceLoss / TverskyLoss with softmax=True,
+to_onehot_y=True, ignore_index; tests/losses/test_region.py holds them equal) computed from one
+softmax without a one-hot tensor (pipeline.losses._softmax: the per-class true-positive, predicted and
+label masses, which Dice + CE shares with its CE term), channel 0 = background.
 
 They are segmentation-only: (N, C) classification logits raise ConfigError. Defaults:
 ``include_background=False`` (lesions are small next to the background) and ``batch=True``
@@ -28,27 +30,26 @@ from pipeline.losses._checks import (
     check_number,
     check_reduction,
     safe_pow,
+    split_ignored,
 )
+from pipeline.losses._softmax import softmax_region_terms
 from pipeline.losses.cross_entropy import WeightedCrossEntropyLoss
 from pipeline.losses.focal import FocalLoss
 from pipeline.losses.registry import register_loss
 
 
-def _as_label_map(
-    logits: torch.Tensor, target: torch.Tensor, loss_name: str, num_classes: int, ignore_index: int
-) -> torch.Tensor:
-    """Validate segmentation inputs; return the target as (N, 1, H, W) int64, MONAI's label layout."""
-    if logits.ndim < 3:
-        raise ConfigError(
-            f"loss {loss_name!r} is a segmentation loss: it needs (N, C, H, W) logits and (N, H, W) "
-            f"targets, got logits of shape {tuple(logits.shape)}; use ce, focal, ... for classification"
-        )
-    return check_inputs(logits, target, num_classes, ignore_index).unsqueeze(1)
+def dice_loss(tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor,
+              smooth_nr: float, smooth_dr: float) -> torch.Tensor:
+    """Soft Dice loss per class, 1 - (2 TP + smooth_nr) / (sum p + sum g + smooth_dr) (Milletari et al.
+    2016; MONAI's DiceLoss: 2 (TP + FP/2 + FN/2) = sum p + sum g for one-hot targets)."""
+    return 1.0 - (2.0 * tp + smooth_nr) / (prob_sum + label_count + smooth_dr)
 
 
-def _per_class(score: torch.Tensor, batch: bool) -> torch.Tensor:
-    """Drop MONAI's trailing singleton spatial dims: (N, C') or, with batch=True, (C',)."""
-    return score.reshape(score.shape[: 1 if batch else 2])
+def tversky_loss(tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor, alpha: float, beta: float,
+                 smooth_nr: float, smooth_dr: float) -> torch.Tensor:
+    """Tversky loss per class, 1 - (TP + smooth_nr) / (TP + alpha FP + beta FN + smooth_dr) with
+    FP = sum p - TP and FN = sum g - TP (Salehi et al. 2017; MONAI's TverskyLoss)."""
+    return 1.0 - (tp + smooth_nr) / (tp + alpha * (prob_sum - tp) + beta * (label_count - tp) + smooth_dr)
 
 
 class _RegionLoss(_Loss):
@@ -75,19 +76,36 @@ class _RegionLoss(_Loss):
         self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
         self.ignore_index = check_ignore_index(ignore_index)
 
-    def _label_map(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _as_label_map(logits, target, self.loss_name, self.num_classes, self.ignore_index)
+    def _checked(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(the checked int64 target, the same with ignored entries at class 0, the mask of the counted
+        entries or None when none is ignored)."""
+        if logits.ndim < 3:
+            raise ConfigError(
+                f"loss {self.loss_name!r} is a segmentation loss: it needs (N, C, H, W) logits and (N, H, W) "
+                f"targets, got logits of shape {tuple(logits.shape)}; use ce, focal, ... for classification"
+            )
+        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
+        return (target, *split_ignored(target, self.ignore_index))
 
-    def _monai_kwargs(self) -> dict[str, Any]:
-        return {
-            "include_background": self.include_background,
-            "to_onehot_y": True,
-            "softmax": True,
-            "batch": self.batch,
-            "smooth_nr": self.smooth_nr,
-            "smooth_dr": self.smooth_dr,
-            "ignore_index": self.ignore_index,
-        }
+    def _terms(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None):
+        """(l (N, *spatial), then TP, sum p, sum g per class: (N, C') or, with batch, (C',))."""
+        target_log_p, *masses = softmax_region_terms(logits, target, valid, self.num_classes)
+        first = 0 if self.include_background else 1
+        masses = [m[:, first:] for m in masses]
+        if self.batch:
+            masses = [m.sum(0) for m in masses]
+        return (target_log_p, *masses)
+
+    def per_class(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss per class, (N, C') or, with batch=True, (C',)."""
+        _, filled, valid = self._checked(logits, target)
+        return self.region(*self._terms(logits, filled, valid)[1:])
+
+    def region(self, tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _reduce(self.per_class(logits, target), self.reduction)
 
 
 @register_loss("dice", segmentation_only=True)
@@ -110,17 +128,9 @@ class DiceLoss(_RegionLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction)
-        import monai.losses  # here, not at the top: importing MONAI loads all of it (about 2.5 s a process)
 
-        self.region = monai.losses.DiceLoss(**self._monai_kwargs(), reduction=self.reduction)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.compute(logits, self._label_map(logits, target))
-
-    def compute(self, logits: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
-        """The loss of a checked (N, 1, H, W) label map (``_label_map``): a composite loss checks once."""
-        score = self.region(logits, label_map)
-        return _per_class(score, self.batch) if self.reduction == "none" else score
+    def region(self, tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor) -> torch.Tensor:
+        return dice_loss(tp, prob_sum, label_count, self.smooth_nr, self.smooth_dr)
 
 
 @register_loss("tversky", segmentation_only=True)
@@ -149,18 +159,9 @@ class TverskyLoss(_RegionLoss):
         super().__init__(num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction)
         self.alpha = check_number("alpha", alpha, low=0.0)
         self.beta = check_number("beta", beta, low=0.0)
-        import monai.losses
 
-        self.region = monai.losses.TverskyLoss(
-            **self._monai_kwargs(), alpha=self.alpha, beta=self.beta, reduction="none"
-        )
-
-    def per_class(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """1 - TI as (N, C') or, with batch=True, (C',)."""
-        return _per_class(self.region(logits, self._label_map(logits, target)), self.batch)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _reduce(self.per_class(logits, target), self.reduction)
+    def region(self, tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor) -> torch.Tensor:
+        return tversky_loss(tp, prob_sum, label_count, self.alpha, self.beta, self.smooth_nr, self.smooth_dr)
 
 
 @register_loss("focal_tversky", segmentation_only=True)
@@ -201,8 +202,8 @@ class FocalTverskyLoss(TverskyLoss):
         )
         self.gamma = check_number("gamma", gamma, low=0.0, low_open=True)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _reduce(safe_pow(self.per_class(logits, target), 1.0 / self.gamma), self.reduction)
+    def region(self, tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor) -> torch.Tensor:
+        return safe_pow(super().region(tp, prob_sum, label_count), 1.0 / self.gamma)
 
 
 class _DicePlusPixelLoss(_RegionLoss):
@@ -224,23 +225,20 @@ class _DicePlusPixelLoss(_RegionLoss):
             num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, ("mean", "sum")
         )
         self.lambda_dice = check_number("lambda_dice", lambda_dice, low=0.0)
-        self.dice = DiceLoss(
-            num_classes=num_classes,
-            include_background=include_background,
-            batch=batch,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            ignore_index=ignore_index,
-            reduction=reduction,
-        )
 
-    def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The per-pixel loss times its lambda, of a checked (N, H, W) int64 target."""
+    def region(self, tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor) -> torch.Tensor:
+        return dice_loss(tp, prob_sum, label_count, self.smooth_nr, self.smooth_dr)
+
+    def pixel_term(self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """The per-pixel loss times its lambda, from the shared l = log p_{i, y_i} (``target``, ``valid``:
+        ``split_ignored``'s pair)."""
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        label_map = self._label_map(logits, target)  # the one input check of both terms
-        return self.lambda_dice * self.dice.compute(logits, label_map) + self.pixel_term(logits, label_map[:, 0])
+        _, filled, valid = self._checked(logits, target)  # the one input check of both terms
+        target_log_p, *masses = self._terms(logits, filled, valid)  # the one softmax of both terms
+        dice = _reduce(self.region(*masses), self.reduction)
+        return self.lambda_dice * dice + self.pixel_term(target_log_p, filled, valid)
 
 
 @register_loss("dice_ce", segmentation_only=True, weights_param="weights")
@@ -280,8 +278,8 @@ class DiceCELoss(_DicePlusPixelLoss):
             reduction=reduction,
         )
 
-    def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.lambda_ce * self.ce.compute(logits, target)
+    def pixel_term(self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return self.lambda_ce * self.ce.from_target_log_p(target_log_p, target, valid)
 
 
 @register_loss("dice_focal", segmentation_only=True, weights_param="weights")
@@ -325,8 +323,8 @@ class DiceFocalLoss(_DicePlusPixelLoss):
             reduction=reduction,
         )
 
-    def pixel_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.lambda_focal * self.focal.compute(logits, target)
+    def pixel_term(self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return self.lambda_focal * self.focal.from_target_log_p(target_log_p, target, valid)
 
 
 def _reduce(per_class: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -179,7 +179,7 @@ class ClassificationTask:
         ``augment=False``: :class:`BatchAugment`), for a batch; the draws are this rank's own."""
         jitter = (BatchAugment(seed, stream=rank) if augment else
                   BatchColourJitter(seed, stream=rank) if colour_jitter else None)
-        return BatchTransform(**self._normalisation(model), colour_jitter=jitter)
+        return BatchTransform(**self._normalisation(model), augment=jitter)
 
     def train_sampler(self, dataset: ClassificationDataset, seed: int, num_replicas: int, rank: int):
         return build_sampler(self.cfg["sampler"], dataset.targets, self.classes, seed,

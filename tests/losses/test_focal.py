@@ -7,6 +7,7 @@ from monai.losses.focal_loss import softmax_focal_loss as monai_softmax_focal_lo
 
 from pipeline.errors import ConfigError
 from pipeline.losses import build_loss
+from pipeline.losses.focal import softmax_focal_loss
 
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
 TARGET = torch.tensor([0, 2])
@@ -82,3 +83,34 @@ def test_saturated_prediction_has_finite_gradient_for_small_gamma():
     value = build_loss("focal", num_classes=2, gamma=0.5)(logits, torch.tensor([1, 1]))
     value.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 1.5, 2.0, 3.5])
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_closed_form_gradient_equals_autograds_on_the_formula(gamma, with_alpha):
+    generator = torch.Generator().manual_seed(int(gamma * 10) + with_alpha)
+    logits = torch.randn(6, 4, 5, 5, dtype=torch.float64, generator=generator) * 3
+    logits[0, :, 0, 0] = torch.tensor([60.0, -60.0, -60.0, -60.0])  # p = 1 (to double precision) at class 0
+    target = torch.randint(0, 4, (6, 5, 5), generator=generator)
+    target[0, 0, 0] = 0
+    alpha = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64) if with_alpha else None
+    weights = torch.randn(target.shape, dtype=torch.float64, generator=generator)
+
+    def by_autograd(x):
+        log_p = torch.log_softmax(x, 1).gather(1, target.unsqueeze(1)).squeeze(1)
+        q = -torch.expm1(log_p)
+        loss = -q.pow(gamma) * log_p
+        return loss if alpha is None else alpha[target] * loss
+
+    x_ours, x_reference = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    ours = softmax_focal_loss(x_ours, target, gamma, alpha)
+    reference = by_autograd(x_reference)
+    torch.testing.assert_close(ours, reference)
+    (ours * weights).sum().backward()
+    (reference * weights).sum().backward()
+    assert torch.isfinite(x_ours.grad).all()
+    finite = torch.isfinite(x_reference.grad)  # autograd gives NaN at p = 1 for gamma < 1; ours 0
+    torch.testing.assert_close(x_ours.grad[finite], x_reference.grad[finite])
+    if gamma > 0:
+        assert torch.autograd.gradcheck(lambda x: softmax_focal_loss(x, target[1:], gamma, alpha),
+                                        (logits[1:].clone().requires_grad_(True),))

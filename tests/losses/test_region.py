@@ -121,3 +121,76 @@ def test_a_composite_loss_checks_its_inputs_once_per_forward(name, monkeypatch):
     target = torch.randint(0, 3, (2, 8, 8))
     loss(logits, target)
     assert len(calls) == 1
+
+
+def _random_batch(seed, ignore_index=None, shape=(3, 4, 9, 10)):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, dtype=torch.float64, generator=generator) * 2
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator)
+    if ignore_index is not None:
+        target[torch.rand(target.shape, generator=generator) < 0.2] = ignore_index
+    return logits, target
+
+
+@pytest.mark.parametrize("ignore_index", [None, -100, 255])
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", ["dice", "tversky"])
+def test_values_and_gradients_equal_monais(name, reduction, batch, include_background, ignore_index):
+    monai_losses = pytest.importorskip("monai.losses")
+    logits, target = _random_batch(7, ignore_index)
+    options = {"include_background": include_background, "batch": batch, "smooth_nr": 1e-5, "smooth_dr": 1e-5,
+               "ignore_index": -100 if ignore_index is None else ignore_index}
+    extra = {"alpha": 0.3, "beta": 0.7} if name == "tversky" else {}
+    ours = build_loss(name, num_classes=4, reduction=reduction, **options, **extra)
+    monai_class = monai_losses.DiceLoss if name == "dice" else monai_losses.TverskyLoss
+    theirs = monai_class(to_onehot_y=True, softmax=True, reduction=reduction, **options, **extra)
+    x_ours, x_theirs = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    got, want = ours(x_ours, target), theirs(x_theirs, target.unsqueeze(1))
+    want = want.reshape(got.shape)  # MONAI keeps singleton spatial dims with 'none'
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(got.shape, dtype=torch.float64)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("ignore_index", [None, 255])
+@pytest.mark.parametrize("weights", [None, [0.5, 1.0, 2.0, 4.0]])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dice_ce_equals_monais_dice_plus_torchs_cross_entropy_with_gradients(reduction, weights, ignore_index):
+    monai_losses = pytest.importorskip("monai.losses")
+    logits, target = _random_batch(8, ignore_index)
+    index = -100 if ignore_index is None else ignore_index
+    ours = build_loss("dice_ce", num_classes=4, weights=weights, lambda_dice=0.7, lambda_ce=1.3,
+                      ignore_index=index, reduction=reduction)
+    dice = monai_losses.DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
+                                 ignore_index=index, reduction=reduction)
+    x_ours, x_theirs = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    got = ours(x_ours, target)
+    want = 0.7 * dice(x_theirs, target.unsqueeze(1)) + 1.3 * F.cross_entropy(
+        x_theirs, target, weight=None if weights is None else ours.ce.class_weight.double(),  # normalised weights
+        ignore_index=index, reduction=reduction)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_dice_focal_equals_monais_dice_plus_the_focal_loss_with_gradients(ignore_index):
+    monai_losses = pytest.importorskip("monai.losses")
+    logits, target = _random_batch(9, ignore_index)
+    index = -100 if ignore_index is None else ignore_index
+    counts = [5000, 300, 40, 9]
+    ours = build_loss("dice_focal", num_classes=4, class_counts=counts, weights="sqrt", ignore_index=index)
+    focal = build_loss("focal", num_classes=4, class_counts=counts, alpha="sqrt", ignore_index=index)
+    dice = monai_losses.DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, ignore_index=index)
+    x_ours, x_theirs = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    got = ours(x_ours, target)
+    want = dice(x_theirs, target.unsqueeze(1)) + focal(x_theirs, target)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-9, atol=1e-12)

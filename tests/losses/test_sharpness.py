@@ -18,6 +18,25 @@ def test_margin_is_true_logit_minus_largest_other():
     assert multiclass_margin(LOGITS, torch.tensor([2, 1])).tolist() == pytest.approx([-0.5, 1.0])
 
 
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape", [(16, 5), (2, 4, 3, 5)])
+def test_margin_gradient_equals_autograds_on_the_masked_max(shape, ties):
+    generator = torch.Generator().manual_seed(11)
+    logits = torch.randn(shape, dtype=torch.float64, generator=generator)
+    logits = (logits.round() if ties else logits).requires_grad_(True)  # rounded: the others tie often
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator)
+    weights = torch.randn(target.shape, dtype=torch.float64, generator=generator)
+    is_true = torch.nn.functional.one_hot(target, shape[1]).movedim(-1, 1).bool()
+    reference = logits.gather(1, target.unsqueeze(1)).squeeze(1) - logits.masked_fill(is_true, -math.inf).amax(1)
+    ours = multiclass_margin(logits, target)
+    torch.testing.assert_close(ours, reference)
+    grad_ours = torch.autograd.grad((ours * weights).sum(), logits)[0]
+    grad_reference = torch.autograd.grad((reference * weights).sum(), logits)[0]
+    torch.testing.assert_close(grad_ours, grad_reference)  # ties: the -1 shared evenly, as amax's
+    if not ties:
+        assert torch.autograd.gradcheck(lambda x: multiclass_margin(x, target), (logits,))
+
+
 def test_values_by_hand():
     loss = build_loss("sharpness", num_classes=3, eps=1.0, reduction="none")
     expected = [1 - 0.5 / math.sqrt(1.25), 1 + 2 / math.sqrt(5)]
