@@ -150,6 +150,13 @@ def reduce_masked(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str
     return loss.sum() / valid.sum()
 
 
+def class_values(values: torch.Tensor, target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[target] of a per-class vector (C,) at every sample (pixel), in ``like``'s dtype and device
+    (index_select: a fifth of advanced indexing's time on the CPU at a segmentation batch's size)."""
+    values = values.to(device=like.device, dtype=like.dtype)
+    return values.index_select(0, target.reshape(-1)).view(target.shape)
+
+
 def channel_view(values: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Reshape a per-class vector (C,) so that it broadcasts against logits (N, C, *spatial)."""
     return values.to(device=logits.device, dtype=logits.dtype).view(1, -1, *([1] * (logits.ndim - 2)))

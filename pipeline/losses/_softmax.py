@@ -29,12 +29,19 @@ import torch
 class _TargetLogSoftmax(torch.autograd.Function):
     """(l, P) of the module docstring from logits (N, C, *spatial), an in-range index (N, 1, *spatial)
     and an optional 0/1 float mask (N, 1, *spatial); P only with ``class_sums``. Computed in float32
-    (or float64 for float64 logits); the gradient is returned in the logits' dtype."""
+    (or float64 for float64 logits); the gradient is returned in the logits' dtype. ``scale`` and
+    ``target_shift`` (N, 1, *spatial) take the softmax of s z + shift_i e_{y_i} instead of z (LDAM's
+    margin), the gradient then times s."""
 
     @staticmethod
-    def forward(ctx, logits, index, valid, class_sums):  # noqa: D102 (torch's signature)
+    def forward(ctx, logits, index, valid, class_sums, scale=1.0, target_shift=None):  # noqa: D102
         ctx.set_materialize_grads(False)
         work = logits if logits.dtype == torch.float64 else logits.float()
+        if scale != 1.0 or target_shift is not None:
+            work = work * scale
+            if target_shift is not None:
+                work.scatter_add_(1, index, target_shift.to(work.dtype))
+        ctx.scale = scale
         log_p = torch.log_softmax(work, dim=1)
         target_log_p = log_p.gather(1, index).squeeze(1)
         p = log_p.exp_()  # log_p is not needed again: its storage becomes p
@@ -52,7 +59,7 @@ class _TargetLogSoftmax(torch.autograd.Function):
         a = None if grad_target_log_p is None else grad_target_log_p.unsqueeze(1)
         if grad_sums is None:
             if a is None:
-                return None, None, None, None
+                return None, None, None, None, None, None
             grad = p * a.neg()
         else:
             grad = p * grad_sums.view(*grad_sums.shape, *([1] * (p.ndim - 2)))  # p_ij b_nj
@@ -63,15 +70,19 @@ class _TargetLogSoftmax(torch.autograd.Function):
             grad.addcmul_(p, along if a is None else along + a, value=-1.0)
         if a is not None:
             grad.scatter_add_(1, index, a)
-        return grad.to(ctx.logits_dtype), None, None, None
+        if ctx.scale != 1.0:
+            grad.mul_(ctx.scale)
+        return grad.to(ctx.logits_dtype), None, None, None, None, None
 
 
 def target_log_softmax(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    logits: torch.Tensor, target: torch.Tensor, scale: float = 1.0, target_shift: torch.Tensor | None = None
 ) -> torch.Tensor:
     """log p_{i, y_i} (N, *spatial) of logits (N, C, *spatial) and in-range class indices (N, *spatial)
-    (fill ignored entries first; ``valid`` plays no part in l, whose ignored entries the caller masks)."""
-    return _TargetLogSoftmax.apply(logits, target.unsqueeze(1), None, False)
+    (fill ignored entries first: the caller masks them). With ``scale`` s and ``target_shift`` d
+    (N, *spatial): of the logits s z_i + d_i e_{y_i} (LDAM: s (z_i - Delta_{y_i} e_{y_i}))."""
+    shift = None if target_shift is None else target_shift.unsqueeze(1)
+    return _TargetLogSoftmax.apply(logits, target.unsqueeze(1), None, False, float(scale), shift)
 
 
 def softmax_region_terms(

@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from pipeline.losses._checks import check_ignore_index, check_inputs, check_number, check_reduction, reduce_masked
+from pipeline.losses._checks import (
+    check_ignore_index,
+    check_inputs,
+    check_number,
+    check_reduction,
+    class_values,
+    reduce_masked,
+)
 from pipeline.losses.registry import register_loss
 from pipeline.losses.weighting import resolve_weights
 
@@ -63,15 +70,23 @@ class CrossEntropyLoss(_Loss):
         term needs every class's log-probability; Dice + CE, the one caller, has none)."""
         if self.label_smoothing:
             raise ValueError("from_target_log_p computes cross-entropy without label smoothing")
-        if self.class_weight is None:
-            return reduce_masked(-target_log_p, valid, self.reduction)
-        weight = self.class_weight.to(target_log_p.dtype)[target]
-        loss = weight * -target_log_p
-        if valid is not None:  # where, not a product: l may be -inf at an ignored pixel
-            weight, loss = torch.where(valid, weight, 0.0), torch.where(valid, loss, 0.0)
-        if self.reduction == "none":
-            return loss
-        return loss.sum() if self.reduction == "sum" else loss.sum() / weight.sum()
+        return nll_from_target_log_p(target_log_p, target, valid, self.class_weight, self.reduction)
+
+
+def nll_from_target_log_p(target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
+                          class_weight: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """F.cross_entropy's value from l = log p_{i, y_i}: -l_i, weighted by w_{y_i} if ``class_weight``,
+    reduced over the ``valid`` entries (None: all); 'mean' with weights is torch's sum_i w_{y_i} CE_i /
+    sum_i w_{y_i}, 'none' is 0 at ignored entries."""
+    if class_weight is None:
+        return reduce_masked(-target_log_p, valid, reduction)
+    weight = class_values(class_weight, target, target_log_p)
+    loss = weight * -target_log_p
+    if valid is not None:  # where, not a product: l may be -inf at an ignored pixel
+        weight, loss = torch.where(valid, weight, 0.0), torch.where(valid, loss, 0.0)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / weight.sum()
 
 
 @register_loss("weighted_ce", weights_param="weights")

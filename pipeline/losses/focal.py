@@ -20,6 +20,7 @@ from pipeline.losses._checks import (
     check_inputs,
     check_number,
     check_reduction,
+    class_values,
     reduce_masked,
     safe_pow,
     split_ignored,
@@ -82,7 +83,7 @@ def focal_from_target_log_p(
 ) -> torch.Tensor:
     """``softmax_focal_loss`` of l = log p_{i, y_i} (``pipeline.losses._softmax``), which a composite
     loss shares with its other terms."""
-    weight = None if alpha is None else alpha.to(device=target_log_p.device, dtype=target_log_p.dtype)[target]
+    weight = None if alpha is None else class_values(alpha, target, target_log_p)
     return _FocalTerm.apply(target_log_p, gamma, weight)
 
 

@@ -20,9 +20,11 @@ from pipeline.losses._checks import (
     check_inputs,
     check_number,
     check_reduction,
-    fill_ignored,
-    valid_mask,
+    class_values,
+    split_ignored,
 )
+from pipeline.losses._softmax import target_log_softmax
+from pipeline.losses.cross_entropy import nll_from_target_log_p
 from pipeline.losses.registry import register_loss
 from pipeline.losses.weighting import check_class_counts, class_priors, resolve_weights
 
@@ -158,11 +160,8 @@ class LDAMLoss(_Loss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = check_inputs(logits, target, self.num_classes, self.ignore_index)
-        in_range = fill_ignored(target, valid_mask(target, self.ignore_index)).unsqueeze(1)
-        # s (f - Delta_y e_y): scale, then subtract s Delta_y at the target class in place (no one-hot tensor)
-        target_margin = self.margins.to(device=logits.device, dtype=logits.dtype)[in_range]
-        adjusted = (self.scale * logits).scatter_add_(1, in_range, target_margin.mul_(-self.scale))
-        weight = None if self.class_weight is None else self.class_weight.to(dtype=logits.dtype)
-        return F.cross_entropy(
-            adjusted, target, weight=weight, ignore_index=self.ignore_index, reduction=self.reduction
-        )
+        target, valid = split_ignored(target, self.ignore_index)
+        # the softmax of s (f - Delta_y e_y), from the shared one (no one-hot tensor, the scale in its gradient)
+        shift = class_values(self.margins, target, logits).mul_(-self.scale)
+        target_log_p = target_log_softmax(logits, target, self.scale, shift)
+        return nll_from_target_log_p(target_log_p, target, valid, self.class_weight, self.reduction)

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses import build_loss, class_weights
@@ -88,3 +89,28 @@ def test_zero_count_names_the_class():
 def test_counts_length_must_match():
     with pytest.raises(ConfigError, match="2 entries but there are 3"):
         build_loss("logit_adjusted", num_classes=3, class_counts=[4, 2])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weights", [None, "effective"])
+@pytest.mark.parametrize("shape", [(12, 4), (2, 4, 3, 5)])
+def test_ldam_values_and_gradients_equal_cross_entropy_on_the_shifted_logits(shape, weights, reduction):
+    counts = [900, 300, 40, 7]
+    generator = torch.Generator().manual_seed(5)
+    cosines = torch.rand(shape, dtype=torch.float64, generator=generator) * 2 - 1
+    target = torch.randint(0, 4, (shape[0], *shape[2:]), generator=generator)
+    target.view(-1)[::5] = 255  # ignored
+    loss = build_loss("ldam", num_classes=4, class_counts=counts, weights=weights, ignore_index=255, reduction=reduction)
+    x_ours, x_reference = cosines.clone().requires_grad_(True), cosines.clone().requires_grad_(True)
+    in_range = torch.where(target == 255, 0, target)
+    one_hot = F.one_hot(in_range, 4).movedim(-1, 1).double()
+    margins = loss.margins.double()[in_range].unsqueeze(1)
+    weight = None if loss.class_weight is None else loss.class_weight.double()
+    reference = F.cross_entropy(30.0 * (x_reference - one_hot * margins), target, weight=weight, ignore_index=255,
+                                reduction=reduction)
+    ours = loss(x_ours, target)
+    torch.testing.assert_close(ours, reference)
+    upstream = torch.randn(ours.shape, dtype=torch.float64, generator=generator)
+    (ours * upstream).sum().backward()
+    (reference * upstream).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_reference.grad)

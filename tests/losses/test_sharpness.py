@@ -168,3 +168,11 @@ def test_trainer_drives_eps_and_the_coupled_learning_rate(tmp_path):
     # lr after epoch k of 2 = 0.1 * 0.01^(k/2), exactly eps(t) / eps times the start
     assert history["lr"].tolist() == pytest.approx([0.1 * 0.1, 0.1 * 0.01])
     assert summary["steps"] > 0 and history["train_loss"].between(0, 2).all()
+
+
+def test_gain_gradient_equals_autograds_on_the_formula():
+    margin = torch.linspace(-6, 6, 49, dtype=torch.float64, requires_grad=True)
+    for eps in (1e-3, 0.5, 40.0):
+        reference = -margin * torch.rsqrt(margin * margin + eps)
+        torch.testing.assert_close(sharpness_gain(margin, eps), reference)
+        assert torch.autograd.gradcheck(lambda x, eps=eps: sharpness_gain(x, eps), (margin,))

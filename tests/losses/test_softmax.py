@@ -77,3 +77,14 @@ def test_low_precision_logits_are_computed_in_float32_and_get_a_gradient_of_thei
     reference = softmax_region_terms(low.detach().float(), target, None, 3)
     for got, want in zip(terms, reference):
         torch.testing.assert_close(got, want)
+
+
+def test_scale_and_target_shift_are_the_softmax_of_the_shifted_logits():
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    target = torch.randint(0, 4, (3, 5), generator=generator)
+    shift = torch.randn(3, 5, dtype=torch.float64, generator=generator)
+    one_hot = F.one_hot(target, 4).movedim(-1, 1).double()
+    reference = torch.log_softmax(7.0 * logits + one_hot * shift.unsqueeze(1), 1).gather(1, target.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(target_log_softmax(logits, target, 7.0, shift), reference)
+    assert torch.autograd.gradcheck(lambda x: target_log_softmax(x, target, 7.0, shift), (logits,))
