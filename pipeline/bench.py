@@ -117,6 +117,24 @@ def model_limit(trainer, input_shape: list[int], target_shape: list[int], steps:
             "median_step_ms": 1e3 * statistics.median(totals)}
 
 
+def _aten_calls(loss: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """How many ATen operators one forward+backward dispatches (below autograd, so the backward's too):
+    at small shapes the time is about this count times the dispatch cost, not arithmetic."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    x = inputs.detach().requires_grad_(True)
+    with Count():
+        loss(x, targets).backward()
+    return Count.calls
+
+
 def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
     """(c): forward+backward of every registered loss, relative to CE at the same shapes. The losses
     are timed round-robin (one step of each, then the next round), so that a busy machine slows
@@ -154,8 +172,9 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
                 _sync(device)
                 if i >= warmup:
                     rows[name]["times"].append(time.perf_counter() - started)
-        for name in losses:
-            rows[name] = {"ms": 1e3 * statistics.median(rows[name].pop("times"))}
+        for name, (loss, inputs) in losses.items():
+            rows[name] = {"ms": 1e3 * statistics.median(rows[name].pop("times")),
+                          "aten_calls": _aten_calls(loss, inputs, targets)}
         reference = rows.get("ce", {}).get("ms")
         for row in rows.values():
             if "ms" in row and reference:
@@ -218,7 +237,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     for task, block in result.get("losses", {}).items():
         lines.append(f"(c) {task} losses, forward+backward at {block['shape']} (x CE):")
         for name, row in block["losses"].items():
-            lines.append(f"    {name:18s} " + (f"{row['ms']:8.2f} ms  {row.get('vs_ce', float('nan')):5.2f}x"
+            lines.append(f"    {name:18s} " + (f"{row['ms']:8.2f} ms  {row.get('vs_ce', float('nan')):5.2f}x  "
+                                              f"{row['aten_calls']:3d} ATen ops"
                                               if "ms" in row else f"skipped ({row['skipped']})"))
     return lines
 

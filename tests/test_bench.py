@@ -36,3 +36,23 @@ def test_bench_says_when_the_colour_jitter_runs_on_the_device(tmp_path):
     assert result["augment_on_device"] == "colour_jitter" and result["normalise_on_device"] and result["pipeline"]["loader_dtype"] == "uint8"
     everything = bench(tiny_classification_run(tmp_path / "all", augment_on_device="all"), steps=2, warmup=1, threads=1)
     assert everything["augment_on_device"] == "all" and everything["pipeline"]["loader_dtype"] == "uint8"
+
+
+def test_loss_timings_time_every_loss_against_ce_and_count_its_operators(monkeypatch):
+    import torch
+
+    from pipeline import bench as bench_module
+    from pipeline.losses import available_losses
+
+    monkeypatch.setattr(bench_module, "LOSS_SHAPES", {"classification": (16, 7), "segmentation": (2, 7, 8, 8)})
+    result = bench_module.loss_timings(torch.device("cpu"), repeats=1, warmup=0)
+    classification, segmentation = result["classification"]["losses"], result["segmentation"]["losses"]
+    assert set(segmentation) == set(available_losses(None))
+    assert set(classification) == set(available_losses("classification"))
+    for rows in (classification, segmentation):
+        assert rows["ce"]["vs_ce"] == 1.0
+        for row in rows.values():
+            assert row["ms"] > 0 and row["aten_calls"] > 0  # every loss runs at both shapes it accepts
+    # Dice + CE is one softmax and its sums: more operators than CE, fewer than its two terms apart
+    assert segmentation["ce"]["aten_calls"] < segmentation["dice_ce"]["aten_calls"] < (
+        segmentation["dice"]["aten_calls"] + segmentation["weighted_ce"]["aten_calls"])

@@ -18,7 +18,8 @@ logits are, with a_i = dL/dl_i and b_{nc} = dL/dP_{nc},
 one multiply, one channel sum and one fused multiply-add over the logits' size. The true-positive
 mass TP_{nc} = sum_{i in n, y_i = c} v_i exp(l_i) and the label counts are sums over the (N, *spatial)
 target, a C-th of the work, which autograd differentiates as usual. docs/BENCHMARKS.md §7 (c) has the
-timings; tests/losses/test_softmax.py holds the values and gradients to autograd's and MONAI's.
+timings; tests/losses/test_softmax.py holds the values and gradients to autograd's on the textbook
+formulas, tests/losses/test_region.py the losses built on them to MONAI's.
 """
 
 from __future__ import annotations

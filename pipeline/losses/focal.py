@@ -72,7 +72,12 @@ class _FocalTerm(torch.autograd.Function):
         if ctx.gamma == 0.0:
             slope = q_gamma.neg()  # -1
         else:
-            q_less = safe_pow(q, ctx.gamma - 1.0) if ctx.gamma >= 1.0 else torch.where(q > 0, q.pow(ctx.gamma - 1.0), 0.0)
+            if ctx.gamma == 2.0:  # the default: (1 - p)^(gamma - 1) is q itself
+                q_less = q
+            elif ctx.gamma >= 1.0:
+                q_less = safe_pow(q, ctx.gamma - 1.0)
+            else:
+                q_less = torch.where(q > 0, q.pow(ctx.gamma - 1.0), 0.0)
             slope = (1.0 - q).mul_(target_log_p).mul_(q_less).mul_(ctx.gamma).sub_(q_gamma)
         slope.mul_(grad)
         return (slope if weight is None else slope.mul_(weight)), None, None

@@ -36,15 +36,16 @@ from pipeline.losses.registry import register_loss
 def hardest_indices(loss: torch.Tensor, valid: torch.Tensor | None, fraction: float, min_kept: int) -> torch.Tensor:
     """Flat indices (into ``loss.flatten()``) of the k largest losses among the ``valid`` entries (None:
     all), k = min(n, max(min_kept, ceil(fraction * n))), n = the number of valid entries; ties broken
-    arbitrarily. The selection carries no gradient. On the CPU by NumPy's introselect
-    (``argpartition``), 7x faster than torch.topk there at a segmentation batch's 500k pixels."""
+    arbitrarily. The selection carries no gradient. On the CPU, from 65,536 entries on, by NumPy's
+    introselect (``argpartition``): 7x faster than torch.topk there at a segmentation batch's 500k pixels;
+    below, topk (a classification batch), where the conversion would cost more than the selection."""
     n = loss.numel() if valid is None else int(valid.sum())
     k = min(n, max(min_kept, math.ceil(fraction * n)))
     if k == 0:
         return torch.zeros(0, dtype=torch.long, device=loss.device)
     candidates = loss.detach() if valid is None else torch.where(valid, loss.detach(), -math.inf)
     candidates = candidates.flatten()
-    if candidates.device.type == "cpu":
+    if candidates.device.type == "cpu" and candidates.numel() >= 65_536:
         return torch.from_numpy(np.argpartition(candidates.float().numpy(), -k)[-k:])
     return torch.topk(candidates, k, sorted=False).indices
 

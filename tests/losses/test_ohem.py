@@ -75,3 +75,18 @@ def test_hardest_mask_with_no_valid_entry_keeps_nothing():
 def test_bad_parameters(params, message):
     with pytest.raises(ConfigError, match=f"loss 'ohem': {message}"):
         build_loss("ohem", num_classes=2, **params)
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_large_batches_select_the_same_pixels_as_topk(ignored):
+    # from 65,536 entries on the CPU selects by NumPy's argpartition: the same set as torch.topk
+    from pipeline.losses.ohem import hardest_indices
+
+    generator = torch.Generator().manual_seed(3)
+    loss = torch.rand(2, 256, 256, generator=generator)  # distinct values: one right answer
+    valid = torch.rand(loss.shape, generator=generator) > 0.3 if ignored else None
+    kept = hardest_indices(loss, valid, 0.25, 8)
+    n = loss.numel() if valid is None else int(valid.sum())
+    candidates = loss if valid is None else torch.where(valid, loss, -1.0)
+    expected = torch.topk(candidates.flatten(), math.ceil(0.25 * n)).indices
+    assert kept.dtype == torch.long and sorted(kept.tolist()) == sorted(expected.tolist())
