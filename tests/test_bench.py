@@ -38,7 +38,7 @@ def test_bench_says_when_the_colour_jitter_runs_on_the_device(tmp_path):
     assert everything["augment_on_device"] == "all" and everything["pipeline"]["loader_dtype"] == "uint8"
 
 
-def test_loss_timings_time_every_loss_against_ce_and_count_its_operators(monkeypatch):
+def test_loss_timings_time_every_loss_against_ce_and_count_its_operators(monkeypatch, tmp_path):
     import torch
 
     from pipeline import bench as bench_module
@@ -56,3 +56,7 @@ def test_loss_timings_time_every_loss_against_ce_and_count_its_operators(monkeyp
     # Dice + CE is one softmax and its sums: more operators than CE, fewer than its two terms apart
     assert segmentation["ce"]["aten_calls"] < segmentation["dice_ce"]["aten_calls"] < (
         segmentation["dice"]["aten_calls"] + segmentation["weighted_ce"]["aten_calls"])
+    # what `pipeline bench --losses` prints: a line per loss with its ratio and its operator count
+    lines = summary_lines(bench(tiny_classification_run(tmp_path), steps=2, warmup=1, threads=1, losses=True))
+    dice_ce = next(line for line in lines if line.strip().startswith("dice_ce "))
+    assert "x" in dice_ce and f"{segmentation['dice_ce']['aten_calls']:3d} ATen ops" in dice_ce
