@@ -78,7 +78,7 @@ def pipeline_throughput(trainer, steps: int, warmup: int) -> dict[str, Any]:
     for i in range(warmup + steps):
         started = time.perf_counter()
         inputs, targets = next(batches)
-        loader_dtype = inputs.dtype  # uint8 with train.normalise_on_device
+        loader_dtype = (inputs[0] if isinstance(inputs, (list, tuple)) else inputs).dtype  # uint8 on the device path
         inputs = trainer.device_inputs(inputs)
         targets = targets.to(device, non_blocking=True)
         _sync(device)

@@ -141,11 +141,15 @@ class Trainer:
     memory_format: torch.memory_format = torch.contiguous_format  # of the model and its input batches
     input_transform: Callable | None = None  # applied to each input batch on the device (normalise/augment_on_device)
 
-    def device_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        """A loader batch on the device, in the model's memory layout (normalised there if asked)."""
+    def device_inputs(self, inputs) -> torch.Tensor:
+        """A loader batch on the device, in the model's memory layout (normalised there if asked). A
+        (pixels, aspect) pair is the whole photos of ``augment_on_device: all`` with their width / height."""
+        aspect = None
+        if isinstance(inputs, (list, tuple)):
+            inputs, aspect = inputs
         inputs = inputs.to(self.device, non_blocking=True)
         if self.input_transform is not None:
-            inputs = self.input_transform(inputs)
+            inputs = self.input_transform(inputs) if aspect is None else self.input_transform(inputs, aspect)
         return inputs.contiguous(memory_format=self.memory_format)
 
     @property

@@ -379,14 +379,15 @@ def test_colour_jitter_on_the_device(tmp_path):
 
 
 def test_the_whole_augmentation_on_the_device(tmp_path):
-    # train.augment_on_device: all: the loader serves cached pixels at the evaluation geometry (no random
-    # transform left in it) and the trainer crops, flips, turns and jitters the uint8 batch itself
+    # train.augment_on_device: all: the loader serves each whole photo squashed to a square, with its aspect
+    # (no random transform left in it), and the trainer crops, flips, turns and jitters the uint8 batch itself
     trainer = training.setup(run_with(tmp_path / "probe", augment_on_device="all"), threads=1)
     names = {type(t).__name__ for t in trainer.dataset.transform.transforms}
-    assert "CenterCrop" in names and not names & {"RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"}
+    assert "Resize" in names and not names & {"CenterCrop", "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"}
     assert type(trainer.input_transform.augment).__name__ == "BatchAugment"
     inputs, _ = next(iter(trainer.loader))
-    assert inputs.dtype == torch.uint8
+    pixels, aspect = inputs
+    assert pixels.dtype == torch.uint8 and pixels.shape[-2] == pixels.shape[-1] and aspect.shape == (len(pixels),)
     trainer.input_transform.set_epoch(0)
     augmented = trainer.device_inputs(inputs)
     trainer.input_transform.set_epoch(0)

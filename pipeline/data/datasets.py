@@ -66,8 +66,9 @@ class ClassificationDataset(Dataset):
     """
 
     def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str], transform, seed: int | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, with_aspect: bool = False) -> None:
         self.frame = frame.reset_index(drop=True)
+        self.with_aspect = with_aspect  # items ((image, width / height of the photo), class): BatchAugment's input
         self.root = Path(root)
         self.paths = [resolve(p, self.root) for p in self.frame["image_path"]]
         # decoded once into a memory-mapped file (pipeline.data.cache), or decoded per item
@@ -88,12 +89,16 @@ class ClassificationDataset(Dataset):
         """The manifest's image_id of item i (named by training errors)."""
         return str(self.frame["image_id"].iat[i])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int):
         image = self.decoded[i] if self.decoded is not None else read_rgb(self.paths[i])
         if self.seed is None:
-            return self.transform(image), self.targets[i]
-        with seeded_global_rngs(item_seed(self.seed, self.epoch.get(), i)):
-            return self.transform(image), self.targets[i]
+            pixels = self.transform(image)
+        else:
+            with seeded_global_rngs(item_seed(self.seed, self.epoch.get(), i)):
+                pixels = self.transform(image)
+        if self.with_aspect:
+            return (pixels, image.shape[1] / image.shape[0]), self.targets[i]
+        return pixels, self.targets[i]
 
 
 class SegmentationImages:

@@ -18,7 +18,7 @@ COLOUR_JITTER = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.05, "hue": 
 
 def classification_transform(image_size: int, *, train: bool, augment: bool | str = True, crop_pct: float = 1.0,
                              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                             normalise: bool = True, colour_jitter: bool = True) -> v2.Compose:
+                             normalise: bool = True, colour_jitter: bool = True, whole_image: bool = False) -> v2.Compose:
     """uint8 HWC numpy -> normalised float CHW tensor, ``image_size`` square (``normalise=False``:
     the uint8 CHW tensor before normalisation, for :class:`BatchTransform` on the device;
     ``colour_jitter=False``: without the colour jitter, which :class:`BatchColourJitter` then applies
@@ -30,6 +30,9 @@ def classification_transform(image_size: int, *, train: bool, augment: bool | st
     rescales or recolours: for small lesion crops, docs/BENCHMARKS.md section 6); False = none.
     Dermoscopy has no canonical orientation, so flips and 90° rotations are label-preserving;
     colour jitter is kept small because colour is diagnostic (e.g. blue-grey veil in melanoma).
+
+    ``whole_image`` (the loader of ``augment_on_device: all``): the whole photo resized to an ``image_size``
+    square, its aspect left to :class:`BatchAugment`, which crops it in the photo's own proportions.
 
     Evaluation (and training without the full augmentation): timm's eval geometry: resize the
     **shorter** side to floor(image_size / crop_pct), keeping the aspect, then centre-crop
@@ -44,7 +47,9 @@ def classification_transform(image_size: int, *, train: bool, augment: bool | st
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct!r}")
     steps: list = [v2.ToImage()]
-    if train and augment is True:
+    if whole_image:
+        steps += [v2.Resize((image_size, image_size), antialias=True)]
+    elif train and augment is True:
         steps += [
             v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -164,13 +169,14 @@ _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0
 
 class BatchAugment(_EpochSeededDraws):
     """The whole classification training augmentation on a batch (``train.augment_on_device: all``):
-    the loader serves each image at the evaluation geometry (uint8, ``image_size`` square: the centre
-    square of a non-square photo, so crops come from that square, where the per-image path crops from the
-    whole photo; for square images the two draw from the same pixels), and here, per image, on the batch's
-    device:
+    the loader serves each whole photo resized to an ``image_size`` square (uint8; a non-square photo is
+    squashed, and its width / height comes with it; along a 4:3 photo's long side a crop then spans about
+    0.85 x image_size of those pixels, resampled to image_size, where the per-image path downsamples from the
+    photo's own: a little softer), and here, per image, on the batch's device:
 
-    - **geometry as one resampling**: a crop of 70-100% of the area at aspect 0.9-1.1 (RandomResizedCrop's
-      ranges; a draw wider than the image is clipped to it), horizontal and vertical flips and a 90° turn
+    - **geometry as one resampling**: a crop of 70-100% of the area at aspect 0.9-1.1 of the photo's own
+      pixels (RandomResizedCrop's ranges, over the whole photo as it draws them; a draw wider or taller than
+      the photo is clipped to it, where RandomResizedCrop redraws), horizontal and vertical flips and a 90° turn
       (each p = 0.5), composed into one affine map and resampled bilinearly with
       ``F.affine_grid``/``F.grid_sample`` (the Spatial Transformer sampler, Jaderberg et al. 2015);
     - **colour as one linear map**: brightness, contrast and saturation as torchvision's blends (with
@@ -197,12 +203,18 @@ class BatchAugment(_EpochSeededDraws):
     def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
         return torch.rand(n, generator=self.generator, dtype=torch.float64) * (high - low) + low
 
-    def draw_geometry(self, n: int) -> torch.Tensor:
-        """(N, 2, 3) affine maps from output to input coordinates (in [-1, 1], ``affine_grid``'s convention)."""
+    def draw_geometry(self, n: int, aspect: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 2, 3) affine maps from output to input coordinates (in [-1, 1], ``affine_grid``'s convention).
+        ``aspect`` (N,): each photo's width / height when the batch holds whole photos squashed to a square
+        (``classification_transform(whole_image=True)``): the crop's area and aspect are then drawn in the
+        photo's own proportions, as RandomResizedCrop draws them (None: the batch's pixels are square)."""
         area = self._uniform(n, *self.scale)
         log_ratio = self._uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]))
-        width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # fractions of the image's side
-        height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+        ratio = log_ratio.exp()
+        if aspect is not None:  # fractions of the squashed sides: w h = area, (w W) / (h H) = ratio
+            ratio = ratio / aspect.to("cpu", torch.float64)
+        width = (area * ratio).sqrt().clamp(max=1.0)  # fractions of the image's side
+        height = (area / ratio).sqrt().clamp(max=1.0)
         centre_x = self._uniform(n, -1.0, 1.0) * (1 - width)
         centre_y = self._uniform(n, -1.0, 1.0) * (1 - height)
         flips = torch.rand(n, 3, generator=self.generator) < 0.5  # horizontal, vertical, turn
@@ -219,9 +231,9 @@ class BatchAugment(_EpochSeededDraws):
         """(N, 4) factors (brightness, contrast, saturation, hue in turns) and (N, 4) orders, as ColorJitter's."""
         return draw_colour_jitter(self.generator, self.ranges, n)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, aspect: torch.Tensor | None = None) -> torch.Tensor:
         n, _, height, width = batch.shape
-        theta = self.draw_geometry(n).to(batch.device, batch.dtype)
+        theta = self.draw_geometry(n, aspect).to(batch.device, batch.dtype)
         grid = torch.nn.functional.affine_grid(theta, [n, 3, height, width], align_corners=False)
         batch = torch.nn.functional.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
         matrix, offset = colour_maps(batch.mean(dim=(2, 3)), *self.draw_colour(n))
@@ -275,10 +287,10 @@ class BatchTransform:
         if self.augment is not None:
             self.augment.set_epoch(epoch)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, aspect: torch.Tensor | None = None) -> torch.Tensor:
         batch = v2.functional.to_dtype(batch, torch.float32, scale=True)
         if self.augment is not None:
-            batch = self.augment(batch)
+            batch = self.augment(batch) if aspect is None else self.augment(batch, aspect)
         return v2.functional.normalize(batch, mean=self.mean, std=self.std)
 
 

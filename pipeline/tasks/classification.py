@@ -162,12 +162,14 @@ class ClassificationTask:
                       colour_jitter: bool = True, augment: bool = True) -> ClassificationDataset:
         """``normalise=False``: uint8 inputs, finished on the device by :meth:`batch_transform`
         (``colour_jitter=False``: its colour jitter there too; ``augment=False``: the whole augmentation
-        there, the loader serving the evaluation geometry)."""
+        there, the loader serving each whole photo squashed to a square with its aspect, from which
+        :class:`BatchAugment` crops in the photo's proportions)."""
         train = self.cfg["train"]
         transform = classification_transform(train["image_size"], train=augment, augment=train["augment"],
                                              crop_pct=train["crop_pct"], normalise=normalise, colour_jitter=colour_jitter,
-                                             **self._normalisation(model))
-        return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed, cache_dir=self._cache_dir)
+                                             whole_image=not augment, **self._normalisation(model))
+        return ClassificationDataset(frame, self.root, self.classes, transform, seed=seed, cache_dir=self._cache_dir,
+                                     with_aspect=not augment)
 
     def jitters_colour(self) -> bool:
         """Whether the training augmentation holds a colour jitter (``train.augment: true``)."""

@@ -130,3 +130,21 @@ def test_balanced_patches_centre_the_rare_type_as_often_as_the_common_one():
         with_type_2[balance] = sum(int((mask == 2).any()) for mask in patches)
     assert with_type_2["none"] < 0.5 * ppi
     assert with_type_2["images"] > 0.7 * ppi
+
+
+def test_with_aspect_items_carry_each_photos_width_over_height(tmp_path):
+    # augment_on_device: all: the loader squashes whole photos to a square and BatchAugment needs their aspect
+    from PIL import Image
+
+    from pipeline.data.transforms import classification_transform
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, (width, height) in enumerate([(60, 45), (30, 40), (32, 32)]):
+        Image.fromarray(np.full((height, width, 3), 40 * i, dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"image_id": f"i{i}", "image_path": f"img/{i}.png", "label": CLASSES[i]})
+    transform = classification_transform(16, train=False, normalise=False, whole_image=True)
+    dataset = ClassificationDataset(pd.DataFrame(rows), tmp_path, CLASSES, transform, seed=0, with_aspect=True)
+    (pixels, aspect), targets = next(iter(DataLoader(dataset, batch_size=3)))
+    assert pixels.shape == (3, 3, 16, 16) and pixels.dtype == torch.uint8
+    assert aspect.tolist() == pytest.approx([60 / 45, 30 / 40, 1.0]) and targets.tolist() == [0, 1, 2]

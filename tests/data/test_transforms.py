@@ -183,7 +183,7 @@ def test_batch_augment_geometry_is_exact_for_flips_and_turns(monkeypatch):
     identity, h_flip, v_flip = [[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, -1.0]]
     turn = [[0.0, -1.0], [1.0, 0.0]]
     linear = torch.tensor([identity, h_flip, v_flip, turn], dtype=torch.float64)
-    monkeypatch.setattr(augment, "draw_geometry", lambda n: torch.cat([linear, torch.zeros(n, 2, 1, dtype=torch.float64)], 2))
+    monkeypatch.setattr(augment, "draw_geometry", lambda n, aspect=None: torch.cat([linear, torch.zeros(n, 2, 1, dtype=torch.float64)], 2))
     out = augment(batch)
     torch.testing.assert_close(out[0], batch[0])
     torch.testing.assert_close(out[1], batch[1].flip(-1))
@@ -221,3 +221,35 @@ def test_batch_augment_output_is_in_range_and_close_to_the_input_on_average():
     assert out.min() >= 0.0 and out.max() <= 1.0
     # small colour ranges: each image's mean colour moves little
     assert (out.mean(dim=(2, 3)) - batch.mean(dim=(2, 3))).abs().max() < 0.15
+
+
+def test_batch_augment_crops_a_squashed_photo_in_its_own_proportions():
+    # a 600 x 450 photo squashed to a square: the crop's area and aspect are RandomResizedCrop's in the
+    # photo's pixels, not in the square's (width fraction w of 600 px, height fraction h of 450 px)
+    from pipeline.data.transforms import BatchAugment
+
+    aspect = torch.full((4000,), 600 / 450, dtype=torch.float64)
+    square, photo = BatchAugment(seed=3), BatchAugment(seed=3)
+    theta_square, theta_photo = square.draw_geometry(4000), photo.draw_geometry(4000, aspect)
+    # the same draws: without a turn the diagonal holds the signed fractions, with one the off-diagonal
+    w = (theta_photo[:, 0, 0].abs() + theta_photo[:, 0, 1].abs())
+    h = (theta_photo[:, 1, 1].abs() + theta_photo[:, 1, 0].abs())
+    unclipped = (w < 1) & (h < 1)
+    area, ratio = (w * h)[unclipped], (w * 600 / (h * 450))[unclipped]
+    assert unclipped.float().mean() > 0.1  # most near-square crops of 70-100% of a 4:3 photo exceed its height: clipped
+    assert area.min() >= 0.7 - 1e-9 and area.max() <= 1.0 + 1e-9
+    assert ratio.min() >= 0.9 - 1e-9 and ratio.max() <= 1.1 + 1e-9  # square in the photo, not in the square
+    w_square = theta_square[:, 0, 0].abs() + theta_square[:, 0, 1].abs()
+    h_square = theta_square[:, 1, 1].abs() + theta_square[:, 1, 0].abs()
+    assert (w_square * h_square).min() >= 0.7 - 1e-9
+    # an aspect of 1 is the square image's geometry, bit for bit
+    torch.testing.assert_close(BatchAugment(seed=3).draw_geometry(64, torch.ones(64, dtype=torch.float64)),
+                               BatchAugment(seed=3).draw_geometry(64), rtol=0, atol=0)
+
+
+def test_whole_image_loader_geometry_squashes_the_photo_to_a_square():
+    from pipeline.data.transforms import classification_transform
+
+    photo = np.random.default_rng(0).integers(0, 256, (45, 60, 3), dtype=np.uint8)
+    out = classification_transform(16, train=False, normalise=False, whole_image=True)(photo)
+    assert out.shape == (3, 16, 16) and out.dtype == torch.uint8
