@@ -167,10 +167,14 @@ def safe_pow(base: torch.Tensor, exponent: float) -> torch.Tensor:
 
     For 0 < exponent < 1 the derivative of x^exponent is infinite at 0, and autograd then
     gives inf * 0 = NaN once a prediction saturates (e.g. the focal term (1 - p)^gamma at
-    p = 1). The value is unchanged; exponent 0 gives 1 everywhere (0^0 = 1, as in torch).
+    p = 1). The value is unchanged; exponent 0 gives 1 everywhere (0^0 = 1, as in torch), exponent 1
+    the base itself (no copy), a negative exponent 0 (not inf) at 0: the focal term's closed-form derivative
+    (pipeline.losses.focal) multiplies it by log p = 0 there.
     """
     if exponent == 0.0:
         return torch.ones_like(base)
+    if exponent == 1.0:
+        return base
     if exponent >= 1.0:  # the derivative at 0 is finite (exponent * 0^(exponent - 1)): torch's pow is safe
         return base.pow(exponent)
     positive = base > 0

@@ -17,7 +17,7 @@ logits are, with a_i = dL/dl_i and b_{nc} = dL/dP_{nc},
 
 one multiply, one channel sum and one fused multiply-add over the logits' size. The true-positive
 mass TP_{nc} = sum_{i in n, y_i = c} v_i exp(l_i) and the label counts are sums over the (N, *spatial)
-target, a C-th of the work, which autograd differentiates as usual. docs/BENCHMARKS.md §7 (c) has the
+target, a C-th of the work, which autograd differentiates as usual. docs/BENCHMARKS.md §7 (i) has the
 timings; tests/losses/test_softmax.py holds the values and gradients to autograd's on the textbook
 formulas, tests/losses/test_region.py the losses built on them to MONAI's.
 """
@@ -101,10 +101,12 @@ def softmax_region_terms(
     target_log_p, prob_sum = _TargetLogSoftmax.apply(logits, target.unsqueeze(1), weight, True)
     flat_target = target.reshape(n, -1)
     hit = target_log_p.exp().reshape(n, -1)
-    ones = torch.ones_like(hit)
-    if weight is not None:
-        hit, ones = hit * weight.reshape(n, -1), weight.reshape(n, -1)
+    if weight is None:
+        counted = torch.ones_like(hit)
+    else:
+        counted = weight.reshape(n, -1)
+        hit = hit * counted
     zeros = prob_sum.new_zeros(n, num_classes)
     tp = zeros.scatter_add(1, flat_target, hit)
-    label_count = zeros.scatter_add(1, flat_target, ones)
+    label_count = zeros.scatter_add(1, flat_target, counted)
     return target_log_p, tp, prob_sum, label_count

@@ -54,7 +54,7 @@ class _FocalTerm(torch.autograd.Function):
         d/dl = w (gamma p l (1 - p)^(gamma - 1) - (1 - p)^gamma),   p = exp(l),
 
     the second term's first part taken as 0 where p = 1 (where l = 0 too; for gamma < 1 autograd would
-    give 0 * inf there). Half the passes of autograd's graph over the same formula (docs/BENCHMARKS.md §7 (c))."""
+    give 0 * inf there). Half the passes of autograd's graph over the same formula (docs/BENCHMARKS.md §7 (i))."""
 
     @staticmethod
     def forward(ctx, target_log_p, gamma, weight):  # noqa: D102 (torch's signature)
@@ -71,14 +71,8 @@ class _FocalTerm(torch.autograd.Function):
         target_log_p, q, q_gamma, weight = ctx.saved_tensors
         if ctx.gamma == 0.0:
             slope = q_gamma.neg()  # -1
-        else:
-            if ctx.gamma == 2.0:  # the default: (1 - p)^(gamma - 1) is q itself
-                q_less = q
-            elif ctx.gamma >= 1.0:
-                q_less = safe_pow(q, ctx.gamma - 1.0)
-            else:
-                q_less = torch.where(q > 0, q.pow(ctx.gamma - 1.0), 0.0)
-            slope = (1.0 - q).mul_(target_log_p).mul_(q_less).mul_(ctx.gamma).sub_(q_gamma)
+        else:  # safe_pow: (1 - p)^(gamma - 1) is 0 where p = 1 for gamma < 1, q itself for gamma = 2
+            slope = (1.0 - q).mul_(target_log_p).mul_(safe_pow(q, ctx.gamma - 1.0)).mul_(ctx.gamma).sub_(q_gamma)
         slope.mul_(grad)
         return (slope if weight is None else slope.mul_(weight)), None, None
 

@@ -76,16 +76,15 @@ class _RegionLoss(_Loss):
         self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
         self.ignore_index = check_ignore_index(ignore_index)
 
-    def _checked(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(the checked int64 target, the same with ignored entries at class 0, the mask of the counted
-        entries or None when none is ignored)."""
+    def _checked(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the checked int64 target with ignored entries at class 0, the mask of the counted entries or
+        None when none is ignored)."""
         if logits.ndim < 3:
             raise ConfigError(
                 f"loss {self.loss_name!r} is a segmentation loss: it needs (N, C, H, W) logits and (N, H, W) "
                 f"targets, got logits of shape {tuple(logits.shape)}; use ce, focal, ... for classification"
             )
-        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
-        return (target, *split_ignored(target, self.ignore_index))
+        return split_ignored(check_inputs(logits, target, self.num_classes, self.ignore_index), self.ignore_index)
 
     def _terms(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None):
         """(l (N, *spatial), then TP, sum p, sum g per class: (N, C') or, with batch, (C',))."""
@@ -98,8 +97,8 @@ class _RegionLoss(_Loss):
 
     def per_class(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss per class, (N, C') or, with batch=True, (C',)."""
-        _, filled, valid = self._checked(logits, target)
-        return self.region(*self._terms(logits, filled, valid)[1:])
+        target, valid = self._checked(logits, target)
+        return self.region(*self._terms(logits, target, valid)[1:])
 
     def region(self, tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -226,8 +225,7 @@ class _DicePlusPixelLoss(_RegionLoss):
         )
         self.lambda_dice = check_number("lambda_dice", lambda_dice, low=0.0)
 
-    def region(self, tp: torch.Tensor, prob_sum: torch.Tensor, label_count: torch.Tensor) -> torch.Tensor:
-        return dice_loss(tp, prob_sum, label_count, self.smooth_nr, self.smooth_dr)
+    region = DiceLoss.region
 
     def pixel_term(self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """The per-pixel loss times its lambda, from the shared l = log p_{i, y_i} (``target``, ``valid``:
@@ -235,10 +233,10 @@ class _DicePlusPixelLoss(_RegionLoss):
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        _, filled, valid = self._checked(logits, target)  # the one input check of both terms
-        target_log_p, *masses = self._terms(logits, filled, valid)  # the one softmax of both terms
+        target, valid = self._checked(logits, target)  # the one input check of both terms
+        target_log_p, *masses = self._terms(logits, target, valid)  # the one softmax of both terms
         dice = _reduce(self.region(*masses), self.reduction)
-        return self.lambda_dice * dice + self.pixel_term(target_log_p, filled, valid)
+        return self.lambda_dice * dice + self.pixel_term(target_log_p, target, valid)
 
 
 @register_loss("dice_ce", segmentation_only=True, weights_param="weights")

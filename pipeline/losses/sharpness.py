@@ -85,7 +85,7 @@ class _MulticlassMargin(torch.autograd.Function):
     """z_y - max_{j != y} z_j with its gradient in closed form: +1 at the true logit, -1 shared by the
     largest others (evenly where several tie, as autograd's amax). Built from autograd's primitives, a
     segmentation batch's margin cost 2.8x its cross-entropy, this 1.1x (8 x 7 x 256 x 256, one CPU thread;
-    torch.max with indices alone takes 11 ms there, amax 0.7 ms; docs/BENCHMARKS.md §7 (c))."""
+    torch.max with indices alone takes 11 ms there, amax 0.7 ms; docs/BENCHMARKS.md §7 (i))."""
 
     @staticmethod
     def forward(ctx, logits, index):  # noqa: D102 (torch's signature)
