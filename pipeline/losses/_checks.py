@@ -8,6 +8,7 @@ of spatial dims works). Targets hold class indices; ``ignore_index`` marks entri
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,6 +88,28 @@ def check_inputs(
 
     Raises ValueError naming the offending shape or label (a data or wiring error, not a config one).
     """
+    return _checked(logits, target, num_classes, ignore_index)[0]
+
+
+def check_and_split(
+    logits: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``check_inputs``, the checked int64 target returned as (target with ignored entries set to class
+    0, so that gathers stay in range; bool mask of the counted entries), the mask None when no entry is
+    ignored: the usual case, which then skips the masking and costs one pass and one host sync."""
+    target, plain = _checked(logits, target, num_classes, ignore_index)
+    if plain:
+        return target, None
+    valid = valid_mask(target, ignore_index)
+    if bool(valid.all()):
+        return target, None
+    return fill_ignored(target, valid), valid
+
+
+def _checked(
+    logits: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None
+) -> tuple[torch.Tensor, bool]:
+    """(the int64 target, whether every label is known to lie in 0..C-1 with none ignored)."""
     if logits.ndim < 2:
         raise ValueError(f"logits must be (N, C) or (N, C, H, W), got shape {tuple(logits.shape)}")
     if logits.shape[1] != num_classes:
@@ -102,6 +125,12 @@ def check_inputs(
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     target = target.long()
+    if target.numel():
+        # the usual case from the min and max alone: one pass and one host sync, not the six passes
+        # and two syncs of the masks below
+        low, high = torch.stack(torch.aminmax(target)).tolist()
+        if 0 <= low and high < num_classes and (ignore_index is None or not low <= ignore_index <= high):
+            return target, True
     valid = valid_mask(target, ignore_index)
     out_of_range = valid & ((target < 0) | (target >= num_classes))
     if bool(out_of_range.any()):
@@ -109,7 +138,7 @@ def check_inputs(
         raise ValueError(
             f"target holds label {bad}, outside 0..{num_classes - 1} (ignore_index={ignore_index})"
         )
-    return target
+    return target, False
 
 
 def valid_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
@@ -122,15 +151,6 @@ def valid_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
 def fill_ignored(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Replace ignored entries by class 0 so that gather / one-hot stay in range (they are masked later)."""
     return torch.where(valid, target, 0)
-
-
-def split_ignored(target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A checked target as (target with ignored entries set to class 0, bool mask of the counted
-    entries), the mask None when no entry is ignored (the usual case, which then skips the masking)."""
-    valid = valid_mask(target, ignore_index)
-    if bool(valid.all()):
-        return target, None
-    return fill_ignored(target, valid), valid
 
 
 def reduce_masked(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str) -> torch.Tensor:
@@ -150,10 +170,47 @@ def reduce_masked(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str
     return loss.sum() / valid.sum()
 
 
-def class_values(values: torch.Tensor, target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[target] of a per-class vector (C,) at every sample (pixel), in ``like``'s dtype and device
-    (index_select: a fifth of advanced indexing's time on the CPU at a segmentation batch's size)."""
-    values = values.to(device=like.device, dtype=like.dtype)
+# A loss's term of a per-sample quantity x (log p_{i, y_i}: pipeline.losses._softmax; the margin:
+# pipeline.losses.sharpness): (x, with_slope) -> (F, dF/dx_i or None), F per sample or reduced, the slope
+# per sample or one number for all. It must not write into x.
+Term = Callable[[torch.Tensor, bool], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+def reduced_term(
+    term: Term, valid: torch.Tensor | None, reduction: str, total: torch.Tensor | float | None = None
+) -> Term:
+    """A per-sample term reduced by ``reduce_term``."""
+    return lambda x, with_slope: reduce_term(*term(x, with_slope), valid, reduction, total)
+
+
+def reduce_term(
+    value: torch.Tensor, slope: torch.Tensor | None, valid: torch.Tensor | None, reduction: str,
+    total: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A term's per-sample values and slopes reduced as ``reduce_masked`` reduces
+    a per-sample loss: over the ``valid`` samples (None: all), 'mean' dividing by ``total`` (default:
+    their number; torch's weighted CE passes the sum of the weights), 'none' 0 at ignored samples; the
+    reduction's derivative in the slope."""
+    if valid is not None:  # where, not a product: a value may be inf at an ignored sample
+        value = torch.where(valid, value, 0.0)
+        slope = None if slope is None else torch.where(valid, slope, 0.0)
+    if reduction == "none":
+        return value, slope
+    if reduction == "sum":
+        return value.sum(), slope
+    if total is None and valid is None:
+        return value.mean(), (None if slope is None else slope / value.numel())
+    count = valid.sum() if total is None else total
+    return value.sum() / count, (None if slope is None else slope / count)
+
+
+def class_values(values: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """values[target] of a per-class vector (C,) at every sample (pixel), in ``dtype`` on the target's
+    device (index_select: a fifth of advanced indexing's time on the CPU at a segmentation batch's size)."""
+    if values.device != target.device or values.dtype != dtype:  # (each call costs at a classification batch's size)
+        values = values.to(device=target.device, dtype=dtype)
+    if target.ndim == 1:
+        return values.index_select(0, target)
     return values.index_select(0, target.reshape(-1)).view(target.shape)
 
 

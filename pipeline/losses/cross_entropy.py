@@ -7,6 +7,7 @@ whose entries are all equal gives exactly plain CE.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -14,12 +15,13 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from pipeline.losses._checks import (
+    Term,
     check_ignore_index,
     check_inputs,
     check_number,
     check_reduction,
     class_values,
-    reduce_masked,
+    reduced_term,
 )
 from pipeline.losses.registry import register_loss
 from pipeline.losses.weighting import resolve_weights
@@ -61,32 +63,40 @@ class CrossEntropyLoss(_Loss):
             label_smoothing=self.label_smoothing,
         )
 
-    def from_target_log_p(
-        self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The same loss from l = log p_{i, y_i} (``pipeline.losses._softmax``) and the target
-        (``split_ignored``'s pair), for a composite loss that shares l with its other terms; torch's
-        weighted mean sum_i w_{y_i} CE_i / sum_i w_{y_i}. Without label smoothing only (the smoothed
-        term needs every class's log-probability; Dice + CE, the one caller, has none)."""
+    def sample_term(self, target: torch.Tensor, valid: torch.Tensor | None, dtype: torch.dtype) -> Term:
+        """The reduced loss as a term of l (pipeline.losses._softmax) for ``target`` and ``valid``
+        (``check_and_split``'s pair), for a composite loss that passes it to its shared softmax. Without
+        label smoothing only (the smoothed term needs every class's log-probability; Dice + CE, the one
+        caller, has none)."""
         if self.label_smoothing:
-            raise ValueError("from_target_log_p computes cross-entropy without label smoothing")
-        return nll_from_target_log_p(target_log_p, target, valid, self.class_weight, self.reduction)
+            raise ValueError("sample_term computes cross-entropy without label smoothing")
+        return nll_sample_term(target, valid, self.class_weight, dtype, self.reduction)
 
 
-def nll_from_target_log_p(target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
-                          class_weight: torch.Tensor | None, reduction: str) -> torch.Tensor:
-    """F.cross_entropy's value from l = log p_{i, y_i}: -l_i, weighted by w_{y_i} if ``class_weight``,
-    reduced over the ``valid`` entries (None: all); 'mean' with weights is torch's sum_i w_{y_i} CE_i /
-    sum_i w_{y_i}, 'none' is 0 at ignored entries."""
+def nll_term(
+    target_log_p: torch.Tensor, with_slope: bool, *, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CE_i = -w_i l_i and its derivative -w_i (a term of pipeline.losses._softmax); ``weight`` w per
+    sample, None for 1."""
+    if weight is None:
+        return target_log_p.neg(), (target_log_p.new_full((), -1.0) if with_slope else None)
+    return weight * target_log_p.neg(), (weight.neg() if with_slope else None)
+
+
+def nll_sample_term(
+    target: torch.Tensor, valid: torch.Tensor | None, class_weight: torch.Tensor | None, dtype: torch.dtype,
+    reduction: str,
+) -> Term:
+    """F.cross_entropy as a term of l: -l_i, weighted by w_{y_i} if ``class_weight``, reduced over the
+    ``valid`` entries (None: all); 'mean' with weights is torch's sum_i w_{y_i} CE_i / sum_i w_{y_i},
+    'none' is 0 at ignored entries."""
     if class_weight is None:
-        return reduce_masked(-target_log_p, valid, reduction)
-    weight = class_values(class_weight, target, target_log_p)
-    loss = weight * -target_log_p
-    if valid is not None:  # where, not a product: l may be -inf at an ignored pixel
-        weight, loss = torch.where(valid, weight, 0.0), torch.where(valid, loss, 0.0)
-    if reduction == "none":
-        return loss
-    return loss.sum() if reduction == "sum" else loss.sum() / weight.sum()
+        return reduced_term(nll_term, valid, reduction)
+    weight = class_values(class_weight, target, dtype)
+    total = None
+    if reduction == "mean":
+        total = (weight if valid is None else torch.where(valid, weight, 0.0)).sum()
+    return reduced_term(partial(nll_term, weight=weight), valid, reduction, total)
 
 
 @register_loss("weighted_ce", weights_param="weights")

@@ -19,24 +19,26 @@ data-set size and batch size, the other two units do not.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses._checks import (
+    check_and_split,
     check_bool,
     check_ignore_index,
-    check_inputs,
     check_int,
     check_number,
     check_reduction,
     check_step,
-    reduce_masked,
-    valid_mask,
+    class_values,
+    reduced_term,
 )
+from pipeline.losses._softmax import compute_dtype, softmax_sample_loss
+from pipeline.losses.cross_entropy import nll_term
 from pipeline.losses.registry import register_loss
 from pipeline.losses.weighting import resolve_weights
 
@@ -107,12 +109,17 @@ def dynamical_weights(
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
     check_number("amplitude", amplitude, low=1.0)
     check_int("period", period, low=1)
-    order = check_cycle(cycle, num_classes)
+    return _triangle_weights(step, num_classes, amplitude, period, check_cycle(cycle, num_classes))
+
+
+def _triangle_weights(step: int, num_classes: int, amplitude: float, period: int, order: Sequence[int]) -> torch.Tensor:
+    """``dynamical_weights`` of arguments already checked (the module checks them once, not every step)."""
     emphasised = order[(step // period) % len(order)]
     phase = (step % period) / period
-    raw = torch.ones(num_classes, dtype=torch.float64)
+    raw = [1.0] * num_classes  # C numbers: Python floats (float64), one tensor at the end
     raw[emphasised] = 1.0 + (amplitude - 1.0) * (1.0 - abs(2.0 * phase - 1.0))
-    return (raw * num_classes / raw.sum()).to(torch.float32)
+    total = sum(raw)
+    return torch.tensor([g * num_classes / total for g in raw], dtype=torch.float32)
 
 
 @register_loss("dynamical", weights_param="weights")
@@ -186,13 +193,13 @@ class DynamicalLoss(_Loss):
             raise TrainingError("dynamical loss: set_step(step, total_steps) was not called before use")
         if self.final_plain_ce and self._step >= self._total_steps - self.period:
             return torch.ones(self.num_classes)
-        return dynamical_weights(self._step, self.num_classes, self.amplitude, self.period, self.cycle)
+        return _triangle_weights(self._step, self.num_classes, self.amplitude, self.period, self.cycle)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
-        weights = self.current_weights().to(device=logits.device, dtype=logits.dtype)
+        target, valid = check_and_split(logits, target, self.num_classes, self.ignore_index)
+        weights = self.current_weights().to(logits.device)
         if self.static_weights is not None:
-            weights = weights * self.static_weights.to(dtype=logits.dtype)
-        # reduction='none' gives Gamma_{y_i} * CE_i (0 where ignored); the mean is over samples.
-        loss = F.cross_entropy(logits, target, weight=weights, ignore_index=self.ignore_index, reduction="none")
-        return reduce_masked(loss, valid_mask(target, self.ignore_index), self.reduction)
+            weights = weights * self.static_weights
+        # Gamma_{y_i} * CE_i per sample; the mean is over samples, not over the weights
+        term = partial(nll_term, weight=class_values(weights, target, compute_dtype(logits)))
+        return softmax_sample_loss(logits, target, reduced_term(term, valid, self.reduction))

@@ -17,14 +17,14 @@ from pipeline.errors import ConfigError
 from pipeline.losses._checks import (
     channel_view,
     check_ignore_index,
+    check_and_split,
     check_inputs,
     check_number,
     check_reduction,
     class_values,
-    split_ignored,
 )
-from pipeline.losses._softmax import target_log_softmax
-from pipeline.losses.cross_entropy import nll_from_target_log_p
+from pipeline.losses._softmax import compute_dtype, softmax_sample_loss
+from pipeline.losses.cross_entropy import nll_sample_term
 from pipeline.losses.registry import register_loss
 from pipeline.losses.weighting import check_class_counts, class_priors, resolve_weights
 
@@ -152,6 +152,7 @@ class LDAMLoss(_Loss):
         self.ignore_index = check_ignore_index(ignore_index)
         max_margin = check_number("max_margin", max_margin, low=0.0)
         self.register_buffer("margins", ldam_margins(counts, max_margin), persistent=False)
+        self.register_buffer("target_shifts", -self.scale * self.margins, persistent=False)  # -s Delta_c
         self.register_buffer(
             "class_weight",
             resolve_weights(weights, num_classes=num_classes, class_counts=counts, beta=beta),
@@ -159,9 +160,9 @@ class LDAMLoss(_Loss):
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
-        target, valid = split_ignored(target, self.ignore_index)
+        target, valid = check_and_split(logits, target, self.num_classes, self.ignore_index)
         # the softmax of s (f - Delta_y e_y), from the shared one (no one-hot tensor, the scale in its gradient)
-        shift = class_values(self.margins, target, logits).mul_(-self.scale)
-        target_log_p = target_log_softmax(logits, target, self.scale, shift)
-        return nll_from_target_log_p(target_log_p, target, valid, self.class_weight, self.reduction)
+        dtype = compute_dtype(logits)
+        shift = class_values(self.target_shifts, target, dtype)
+        term = nll_sample_term(target, valid, self.class_weight, dtype, self.reduction)
+        return softmax_sample_loss(logits, target, term, self.scale, shift)

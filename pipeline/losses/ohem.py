@@ -21,15 +21,15 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from pipeline.losses._checks import (
+    check_and_split,
     check_ignore_index,
-    check_inputs,
     check_int,
     check_number,
     check_reduction,
-    reduce_masked,
-    split_ignored,
+    reduce_term,
 )
-from pipeline.losses._softmax import target_log_softmax
+from pipeline.losses._softmax import softmax_sample_loss
+from pipeline.losses.cross_entropy import nll_term
 from pipeline.losses.registry import register_loss
 
 
@@ -80,9 +80,20 @@ class OHEMCrossEntropyLoss(_Loss):
         self.ignore_index = check_ignore_index(ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target, valid = split_ignored(check_inputs(logits, target, self.num_classes, self.ignore_index), self.ignore_index)
-        loss = -target_log_softmax(logits, target)  # CE_i = -log softmax(logits_i)_{y_i}
-        if self.reduction == "none":
-            return reduce_masked(loss, hardest_mask(loss, valid, self.fraction, self.min_kept), "none")
-        kept = loss.flatten()[hardest_indices(loss, valid, self.fraction, self.min_kept)]
-        return kept.sum() if self.reduction == "sum" else kept.mean()
+        target, valid = check_and_split(logits, target, self.num_classes, self.ignore_index)
+
+        def hardest_ce(target_log_p: torch.Tensor, with_slope: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            loss = target_log_p.neg()  # CE_i = -log softmax(logits_i)_{y_i}
+            if self.reduction == "none":
+                kept_mask = hardest_mask(loss, valid, self.fraction, self.min_kept)
+                return reduce_term(*nll_term(target_log_p, with_slope), kept_mask, "none")
+            kept = hardest_indices(loss, valid, self.fraction, self.min_kept)
+            # the sum or the mean over the kept samples (NaN for none kept, as an empty mean), and its slope
+            value = loss.flatten().take(kept)
+            value = value.sum() if self.reduction == "sum" else value.mean()
+            if not with_slope:
+                return value, None
+            each = -1.0 if self.reduction == "sum" else -1.0 / max(len(kept), 1)
+            return value, loss.new_zeros(loss.numel()).index_fill_(0, kept, each).view(loss.shape)
+
+        return softmax_sample_loss(logits, target, hardest_ce)

@@ -24,15 +24,15 @@ from torch.nn.modules.loss import _Loss
 
 from pipeline.errors import ConfigError
 from pipeline.losses._checks import (
+    Term,
+    check_and_split,
     check_bool,
     check_ignore_index,
-    check_inputs,
     check_number,
     check_reduction,
     safe_pow,
-    split_ignored,
 )
-from pipeline.losses._softmax import softmax_region_terms
+from pipeline.losses._softmax import compute_dtype, softmax_region_terms
 from pipeline.losses.cross_entropy import WeightedCrossEntropyLoss
 from pipeline.losses.focal import FocalLoss
 from pipeline.losses.registry import register_loss
@@ -84,16 +84,17 @@ class _RegionLoss(_Loss):
                 f"loss {self.loss_name!r} is a segmentation loss: it needs (N, C, H, W) logits and (N, H, W) "
                 f"targets, got logits of shape {tuple(logits.shape)}; use ce, focal, ... for classification"
             )
-        return split_ignored(check_inputs(logits, target, self.num_classes, self.ignore_index), self.ignore_index)
+        return check_and_split(logits, target, self.num_classes, self.ignore_index)
 
-    def _terms(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None):
-        """(l (N, *spatial), then TP, sum p, sum g per class: (N, C') or, with batch, (C',))."""
-        target_log_p, *masses = softmax_region_terms(logits, target, valid, self.num_classes)
+    def _terms(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, term: Term | None = None):
+        """(per pixel (N, *spatial) the term's values (l without one), then TP, sum p, sum g per class:
+        (N, C') or, with batch, (C',))."""
+        pixel, *masses = softmax_region_terms(logits, target, valid, self.num_classes, term)
         first = 0 if self.include_background else 1
         masses = [m[:, first:] for m in masses]
         if self.batch:
             masses = [m.sum(0) for m in masses]
-        return (target_log_p, *masses)
+        return (pixel, *masses)
 
     def per_class(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss per class, (N, C') or, with batch=True, (C',)."""
@@ -227,16 +228,15 @@ class _DicePlusPixelLoss(_RegionLoss):
 
     region = DiceLoss.region
 
-    def pixel_term(self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """The per-pixel loss times its lambda, from the shared l = log p_{i, y_i} (``target``, ``valid``:
-        ``split_ignored``'s pair)."""
-        raise NotImplementedError
+    pixel_loss: WeightedCrossEntropyLoss | FocalLoss  # the per-pixel loss; its term enters the shared softmax
+    lambda_pixel: float  # its lambda (lambda_ce, lambda_focal)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target, valid = self._checked(logits, target)  # the one input check of both terms
-        target_log_p, *masses = self._terms(logits, target, valid)  # the one softmax of both terms
+        term = self.pixel_loss.sample_term(target, valid, compute_dtype(logits))
+        pixel, *masses = self._terms(logits, target, valid, term)  # the one softmax of both terms
         dice = _reduce(self.region(*masses), self.reduction)
-        return self.lambda_dice * dice + self.pixel_term(target_log_p, target, valid)
+        return self.lambda_dice * dice + self.lambda_pixel * pixel
 
 
 @register_loss("dice_ce", segmentation_only=True, weights_param="weights")
@@ -266,8 +266,8 @@ class DiceCELoss(_DicePlusPixelLoss):
         super().__init__(
             num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, lambda_dice
         )
-        self.lambda_ce = check_number("lambda_ce", lambda_ce, low=0.0)
-        self.ce = WeightedCrossEntropyLoss(
+        self.lambda_pixel = check_number("lambda_ce", lambda_ce, low=0.0)
+        self.pixel_loss = WeightedCrossEntropyLoss(
             num_classes=num_classes,
             class_counts=class_counts,
             weights=weights,
@@ -275,9 +275,6 @@ class DiceCELoss(_DicePlusPixelLoss):
             ignore_index=ignore_index,
             reduction=reduction,
         )
-
-    def pixel_term(self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        return self.lambda_ce * self.ce.from_target_log_p(target_log_p, target, valid)
 
 
 @register_loss("dice_focal", segmentation_only=True, weights_param="weights")
@@ -310,8 +307,8 @@ class DiceFocalLoss(_DicePlusPixelLoss):
         super().__init__(
             num_classes, include_background, batch, smooth_nr, smooth_dr, ignore_index, reduction, lambda_dice
         )
-        self.lambda_focal = check_number("lambda_focal", lambda_focal, low=0.0)
-        self.focal = FocalLoss(
+        self.lambda_pixel = check_number("lambda_focal", lambda_focal, low=0.0)
+        self.pixel_loss = FocalLoss(
             num_classes=num_classes,
             class_counts=class_counts,
             gamma=gamma,
@@ -320,9 +317,6 @@ class DiceFocalLoss(_DicePlusPixelLoss):
             ignore_index=ignore_index,
             reduction=reduction,
         )
-
-    def pixel_term(self, target_log_p: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        return self.lambda_focal * self.focal.from_target_log_p(target_log_p, target, valid)
 
 
 def _reduce(per_class: torch.Tensor, reduction: str) -> torch.Tensor:

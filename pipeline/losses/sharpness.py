@@ -35,6 +35,7 @@ The margin is in logit units, so eps is in squared logit units.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -42,65 +43,96 @@ from torch.nn.modules.loss import _Loss
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses._checks import (
+    Term,
+    check_and_split,
     check_ignore_index,
-    check_inputs,
     check_number,
     check_reduction,
     check_step,
     class_values,
-    reduce_masked,
-    split_ignored,
+    reduced_term,
 )
 from pipeline.losses.registry import register_loss
 from pipeline.losses.weighting import resolve_weights
 
 
-class _SharpnessGain(torch.autograd.Function):
-    """phi_eps and its derivative in closed form (``sharpness_gain``): a third of the passes of autograd's
-    graph over x, x^2, + eps, rsqrt and the product, at a segmentation batch's size."""
-
-    @staticmethod
-    def forward(ctx, margin, eps):  # noqa: D102 (torch's signature)
-        inverse_root = (margin * margin).add_(eps).rsqrt_()  # (x^2 + eps)^(-1/2)
-        ctx.save_for_backward(inverse_root)
-        ctx.eps = eps
-        return (margin * inverse_root).neg_()
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        (inverse_root,) = ctx.saved_tensors
-        return inverse_root.pow(3).mul_(grad).mul_(-ctx.eps), None
+def gain_term(
+    margin: torch.Tensor, with_slope: bool, *, eps: float, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sharpness loss w (1 + phi_eps(x)) of the margin x and, ``with_slope``, its derivative
+    w phi_eps'(x) = -w eps / (x^2 + eps)^(3/2), in closed form (a term, pipeline.losses._checks.Term:
+    a third of the passes of autograd's graph over x, x^2, + eps, rsqrt and the product at a
+    segmentation batch's size). ``weight``: w per sample (None: 1)."""
+    inverse_root = (margin * margin).add_(eps).rsqrt_()  # (x^2 + eps)^(-1/2)
+    value = (margin * inverse_root).neg_().add_(1.0)
+    slope = inverse_root.pow_(3).mul_(-eps) if with_slope else None
+    if weight is not None:
+        value.mul_(weight)
+        slope = None if slope is None else slope.mul_(weight)
+    return value, slope
 
 
 def sharpness_gain(margin: torch.Tensor, eps: float) -> torch.Tensor:
     """The talk's gain function phi_eps(x) = -x / sqrt(x^2 + eps), eps > 0.
 
     Decreasing, phi_eps(0) = 0, limits +1 at x -> -inf and -1 at x -> +inf; slope -1/sqrt(eps) at 0,
-    derivative phi_eps'(x) = -eps / (x^2 + eps)^(3/2) (computed in that closed form).
+    derivative phi_eps'(x) = -eps / (x^2 + eps)^(3/2) (``gain_term``'s closed form).
     """
-    return _SharpnessGain.apply(margin, float(eps))
+    return _Term.apply(margin, partial(gain_term, eps=float(eps))) - 1.0
 
 
-class _MulticlassMargin(torch.autograd.Function):
-    """z_y - max_{j != y} z_j with its gradient in closed form: +1 at the true logit, -1 shared by the
-    largest others (evenly where several tie, as autograd's amax). Built from autograd's primitives, a
-    segmentation batch's margin cost 2.8x its cross-entropy, this 1.1x (8 x 7 x 256 x 256, one CPU thread;
-    torch.max with indices alone takes 11 ms there, amax 0.7 ms; docs/BENCHMARKS.md §7 (i))."""
+class _Term(torch.autograd.Function):
+    """A term (pipeline.losses._checks.Term) of a tensor, with the term's own slope as its gradient."""
 
     @staticmethod
-    def forward(ctx, logits, index):  # noqa: D102 (torch's signature)
-        others = logits.scatter(1, index, float("-inf"))
-        best_other = others.amax(dim=1, keepdim=True)
-        ctx.save_for_backward(others, best_other, index)
-        return (logits.gather(1, index) - best_other).squeeze(1)
+    def forward(ctx, x, term):  # noqa: D102 (torch's signature)
+        value, slope = term(x, ctx.needs_input_grad[0])
+        ctx.save_for_backward(slope)
+        ctx.shape = x.shape
+        return value
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        others, best_other, index = ctx.saved_tensors
+        (slope,) = ctx.saved_tensors
+        return (grad * slope).expand(ctx.shape), None
+
+
+class _MulticlassMargin(torch.autograd.Function):
+    """(x, term(x)) of the margin x = z_y - max_{j != y} z_j (``multiclass_margin``; term None: x alone),
+    with the gradient in closed form: +1 at the true logit, -1 shared by the largest others (evenly
+    where several tie, as autograd's amax), times dL/dx (through the term's slope). Built from
+    autograd's primitives, a segmentation batch's margin cost 2.8x its cross-entropy, this 1.1x
+    (8 x 7 x 256 x 256, one CPU thread; torch.max with indices alone takes 11 ms there, amax 0.7 ms;
+    docs/BENCHMARKS.md §7 (i)); with the term inside, a loss is one autograd node."""
+
+    @staticmethod
+    def forward(ctx, logits, index, term=None):  # noqa: D102 (torch's signature)
+        ctx.set_materialize_grads(False)
+        others = logits.scatter(1, index, float("-inf"))
+        best_other = others.amax(dim=1, keepdim=True)
+        margin = (logits.gather(1, index) - best_other).squeeze(1)
+        value = slope = None
+        if term is not None:
+            value, slope = term(margin, ctx.needs_input_grad[0])
+        ctx.save_for_backward(others, best_other, index, slope)
+        ctx.shape = margin.shape
+        return margin, value
+
+    @staticmethod
+    def backward(ctx, grad_margin, grad_value):  # noqa: D102
+        others, best_other, index, slope = ctx.saved_tensors
+        grad = grad_margin
+        if grad_value is not None:  # the chain rule through the term
+            through_term = grad_value * slope
+            if through_term.shape != ctx.shape:  # F and its slope may be single numbers
+                through_term = through_term.expand(ctx.shape)
+            grad = through_term if grad is None else grad + through_term
+        if grad is None:
+            return None, None, None
         grad = grad.unsqueeze(1)
         out = torch.ge(others, best_other).to(grad.dtype)  # the largest others (>= is == here, and faster)
         out.mul_(grad.neg() / out.sum(dim=1, keepdim=True))
-        return out.scatter_add_(1, index, grad), None
+        return out.scatter_add_(1, index, grad), None, None
 
 
 def multiclass_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -118,7 +150,12 @@ def multiclass_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
         (N, *spatial) margins; the gradient reaches the true logit (+1) and the largest other one (-1,
         shared where several tie).
     """
-    return _MulticlassMargin.apply(logits, target.unsqueeze(1))
+    return _MulticlassMargin.apply(logits, target.unsqueeze(1))[0]
+
+
+def margin_loss(logits: torch.Tensor, target: torch.Tensor, term: Term) -> torch.Tensor:
+    """A term of the multi-class margin (``multiclass_margin``'s arguments), in one autograd node."""
+    return _MulticlassMargin.apply(logits, target.unsqueeze(1), term)[1]
 
 
 def sharpness_loss(
@@ -136,10 +173,13 @@ def sharpness_loss(
 
     Le Bich Phuong and Nguyen Tien Zung, "Gradient flows of loss functions", 2018 (see module docstring).
     """
-    loss = 1.0 + sharpness_gain(multiclass_margin(logits, target), eps)
-    if weight is not None:
-        loss = class_values(weight, target, loss) * loss
-    return loss
+    return margin_loss(logits, target, sharpness_term(target, eps, weight, logits.dtype))
+
+
+def sharpness_term(target: torch.Tensor, eps: float, class_weight: torch.Tensor | None, dtype: torch.dtype) -> Term:
+    """``gain_term`` with the class weights of ``target`` (None: unweighted), per sample."""
+    weight = None if class_weight is None else class_values(class_weight, target, dtype)
+    return partial(gain_term, eps=float(eps), weight=weight)
 
 
 def sharpness_eps(step: int, total_steps: int, eps: float, eps_final: float | None) -> float:
@@ -207,6 +247,6 @@ class SharpnessLoss(_Loss):
         return sharpness_eps(self._step, self._total_steps, self.eps, self.eps_final)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = check_inputs(logits, target, self.num_classes, self.ignore_index)
-        target, valid = split_ignored(target, self.ignore_index)
-        return reduce_masked(sharpness_loss(logits, target, self.current_eps(), self.class_weight), valid, self.reduction)
+        target, valid = check_and_split(logits, target, self.num_classes, self.ignore_index)
+        term = sharpness_term(target, self.current_eps(), self.class_weight, logits.dtype)
+        return margin_loss(logits, target, reduced_term(term, valid, self.reduction))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.losses._checks import check_inputs, reduce_masked, safe_pow, valid_mask
+from pipeline.losses._checks import check_and_split, check_inputs, reduce_masked, safe_pow, valid_mask
 
 
 def test_check_inputs_accepts_both_shapes_and_ignore_index():
@@ -25,6 +25,35 @@ def test_check_inputs_accepts_both_shapes_and_ignore_index():
 def test_check_inputs_rejects(logits, target, message):
     with pytest.raises(ValueError, match=message):
         check_inputs(logits, target, 3, -100)
+
+
+@pytest.mark.parametrize(
+    ("target", "ignore_index", "counted"),
+    [
+        ([0, 2, 1], -100, None),  # the usual case: min and max in range, nothing ignored
+        ([0, 2, 1], 255, None),
+        ([0, 2, 1], None, None),
+        ([0, -100, 2], -100, [True, False, True]),
+        ([255, 1, 255], 255, [False, True, False]),
+        ([0, 1, 2], 1, [True, False, True]),  # an ignored class index inside 0..C-1
+        ([0, 2, 2], 1, None),  # ... that no entry holds
+        ([], -100, None),
+    ],
+)
+def test_check_and_split_masks_exactly_the_ignored_entries(target, ignore_index, counted):
+    target = torch.tensor(target, dtype=torch.int64)
+    filled, valid = check_and_split(torch.zeros(len(target), 3), target, 3, ignore_index)
+    if counted is None:
+        assert valid is None and torch.equal(filled, target)
+    else:
+        assert valid.tolist() == counted
+        assert torch.equal(filled, torch.where(valid, target, 0))
+
+
+@pytest.mark.parametrize(("target", "bad"), [([0, -100, 3], 3), ([-1, -100, 0], -1), ([255, 0, 1], 255)])
+def test_check_and_split_names_an_unknown_label_beside_ignored_ones(target, bad):
+    with pytest.raises(ValueError, match=f"label {bad}, outside 0..2"):
+        check_and_split(torch.zeros(3, 3), torch.tensor(target), 3, -100)
 
 
 def test_reduce_masked_by_hand():

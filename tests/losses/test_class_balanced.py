@@ -37,13 +37,13 @@ def test_one_sample_by_hand():
 
 def test_uses_the_focal_modules_pure_function(monkeypatch):
     calls = []
-    original = focal.focal_from_target_log_p
+    original = focal.focal_term
 
     def spy(*args, **kwargs):
         calls.append(args)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(focal, "focal_from_target_log_p", spy)
+    monkeypatch.setattr(focal, "focal_term", spy)
     build_loss("cb_focal", num_classes=3, class_counts=COUNTS)(torch.zeros(2, 3), torch.tensor([0, 1]))
     assert len(calls) == 1
 

@@ -106,21 +106,52 @@ def test_focal_tversky_gradient_finite_on_perfect_saturated_prediction():
 
 @pytest.mark.parametrize("name", ["dice_ce", "dice_focal"])
 def test_a_composite_loss_checks_its_inputs_once_per_forward(name, monkeypatch):
-    from pipeline.losses import _checks, cross_entropy, focal, region
+    from pipeline.losses import _checks
 
     calls = []
+    checked = _checks._checked
 
     def counting(*args, **kwargs):
         calls.append(1)
-        return _checks.check_inputs(*args, **kwargs)
+        return checked(*args, **kwargs)
 
-    for module in (region, cross_entropy, focal):
-        monkeypatch.setattr(module, "check_inputs", counting)
+    monkeypatch.setattr(_checks, "_checked", counting)
     loss = build_loss(name, num_classes=3)
     logits = torch.randn(2, 3, 8, 8)
     target = torch.randint(0, 3, (2, 8, 8))
     loss(logits, target)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "focal", "dice"])
+def test_a_loss_takes_one_softmax_and_one_autograd_node_for_it(name):
+    """Forward and backward: one log-softmax, no second softmax or one-hot tensor for a composite's
+    terms, in one autograd node; a per-pixel loss's term and reduction inside that node."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Calls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    with Calls():
+        value = build_loss(name, num_classes=3)(logits, target)
+        value.backward()
+    assert seen.count("aten._log_softmax") == 1
+    assert not {"aten.softmax", "aten._softmax", "aten.one_hot", "aten._log_softmax_backward_data"} & set(seen)
+    nodes, stack = set(), [value.grad_fn]
+    while stack:  # the nodes that take a tensor of the logits' size
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    assert len([node for node in nodes if "TargetLogSoftmax" in node.name()]) == 1
+    if name == "focal":
+        assert "TargetLogSoftmax" in value.grad_fn.name()
 
 
 def _random_batch(seed, ignore_index=None, shape=(3, 4, 9, 10)):
@@ -170,7 +201,7 @@ def test_dice_ce_equals_monais_dice_plus_torchs_cross_entropy_with_gradients(red
     x_ours, x_theirs = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
     got = ours(x_ours, target)
     want = 0.7 * dice(x_theirs, target.unsqueeze(1)) + 1.3 * F.cross_entropy(
-        x_theirs, target, weight=None if weights is None else ours.ce.class_weight.double(),  # normalised weights
+        x_theirs, target, weight=None if weights is None else ours.pixel_loss.class_weight.double(),  # normalised weights
         ignore_index=index, reduction=reduction)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     got.backward()
