@@ -124,7 +124,8 @@ def _checked(
         )
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
-    target = target.long()
+    if target.dtype != torch.int64:
+        target = target.long()
     if target.numel():
         # the usual case from the min and max alone: one pass and one host sync, not the six passes
         # and two syncs of the masks below

@@ -27,7 +27,7 @@ so a loss is one node of the autograd graph and not one per elementwise step: at
 batch's size (256 x 7) each node costs more than its arithmetic (``pipeline.losses._checks.reduced_term``
 builds the reduction into a per-sample term).
 
-docs/BENCHMARKS.md §7 (i) has the timings; tests/losses/test_softmax.py holds the values and
+docs/BENCHMARKS.md §7 (i) and (j) have the timings; tests/losses/test_softmax.py holds the values and
 gradients to autograd's on the textbook formulas, tests/losses/test_region.py the losses built on
 them to MONAI's.
 """
@@ -48,7 +48,7 @@ def log_softmax_over_classes(logits: torch.Tensor) -> torch.Tensor:
     """torch.log_softmax(logits, dim=1), on the CPU for (N, C) logits with C < 16 taken over the
     transposed view (dim 0 of (C, N)), whose kernel vectorises along the batch: the last-dimension
     kernel loops over rows shorter than an AVX-512 vector one by one, 25 us against 5 us at 256 x 7
-    (docs/BENCHMARKS.md §7 (i)). The same values (the same max, sum and log per row); the result is
+    (docs/BENCHMARKS.md §7 (j)). The same values (the same max, sum and log per row); the result is
     the transposed view back, (N, C) with C-major strides."""
     if logits.ndim == 2 and logits.shape[1] < 16 and logits.device.type == "cpu":
         return torch.log_softmax(logits.t(), dim=0).t()
