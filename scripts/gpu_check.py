@@ -195,8 +195,10 @@ def main() -> int:
         stages.run("ham_split", [pipeline_cli("split", "--config", ham, "--dataset", "ham10000")], 30, env)
     bench_cls = out / "bench_cls.json"
     if want("bench_cls"):
+        # --losses: every loss against CE on the device as well (issue 8's (c); seconds on a GPU)
         bench_stage("bench_cls", pipeline_cli("bench", "--config", ham, "--experiment", "ham_ce", "--steps", steps,
-                                              "--warmup", warmup, "--workers", str(cores - 2), "--threads", str(cores)),
+                                              "--warmup", warmup, "--workers", str(cores - 2), "--threads", str(cores),
+                                              "--losses"),
                     bench_cls, 100)
     if bench_cls.exists():
         stages.summary["figures"]["bench_cls"] = json.loads(bench_cls.read_text())
