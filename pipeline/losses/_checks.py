@@ -154,23 +154,6 @@ def fill_ignored(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, target, 0)
 
 
-def reduce_masked(loss: torch.Tensor, valid: torch.Tensor | None, reduction: str) -> torch.Tensor:
-    """Reduce a per-sample (per-pixel) loss, skipping ignored entries (``valid`` None: none ignored).
-
-    'mean' divides by the number of valid entries (NaN when there are none, as torch's
-    cross-entropy does: the trainer, not the loss, decides what a non-finite loss means).
-    'none' returns the per-entry tensor with ignored entries set to 0.
-    """
-    if valid is None:
-        return loss if reduction == "none" else loss.sum() if reduction == "sum" else loss.mean()
-    loss = torch.where(valid, loss, 0.0)
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / valid.sum()
-
-
 # A loss's term of a per-sample quantity x (log p_{i, y_i}: pipeline.losses._softmax; the margin:
 # pipeline.losses.sharpness): (x, with_slope) -> (F, dF/dx_i or None), F per sample or reduced, the slope
 # per sample or one number for all. It must not write into x.
@@ -188,9 +171,10 @@ def reduce_term(
     value: torch.Tensor, slope: torch.Tensor | None, valid: torch.Tensor | None, reduction: str,
     total: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A term's per-sample values and slopes reduced as ``reduce_masked`` reduces
-    a per-sample loss: over the ``valid`` samples (None: all), 'mean' dividing by ``total`` (default:
-    their number; torch's weighted CE passes the sum of the weights), 'none' 0 at ignored samples; the
+    """A term's per-sample values (a per-sample loss) and slopes (None: values only), reduced over the
+    ``valid`` samples (None: none ignored): 'mean' divides by ``total`` (default: their number, NaN when
+    there are none, as torch's cross-entropy does: the trainer, not the loss, decides what a non-finite
+    loss means; torch's weighted CE passes the sum of the weights), 'none' is 0 at ignored samples; the
     reduction's derivative in the slope."""
     if valid is not None:  # where, not a product: a value may be inf at an ignored sample
         value = torch.where(valid, value, 0.0)
@@ -203,6 +187,19 @@ def reduce_term(
         return value.mean(), (None if slope is None else slope / value.numel())
     count = valid.sum() if total is None else total
     return value.sum() / count, (None if slope is None else slope / count)
+
+
+def chain_through_term(
+    grad_x: torch.Tensor | None, grad_value: torch.Tensor | None, slope: torch.Tensor | None, shape: torch.Size
+) -> torch.Tensor | None:
+    """dL/dx in the backward of an autograd node that returned x and a term F of it: dL/dx + dL/dF dF/dx,
+    of x's ``shape`` (F and its slope may be single numbers); None when neither output was used."""
+    if grad_value is None:
+        return grad_x
+    if grad_x is not None:
+        return torch.addcmul(grad_x, grad_value, slope)
+    grad = grad_value * slope
+    return grad if grad.shape == shape else grad.expand(shape)
 
 
 def class_values(values: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

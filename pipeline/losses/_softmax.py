@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.losses._checks import Term
+from pipeline.losses._checks import Term, chain_through_term
 
 
 def compute_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -89,14 +89,7 @@ class _TargetLogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_target_log_p, grad_value, grad_sums):  # noqa: D102
         p, index, valid, slope = ctx.saved_tensors
-        a = grad_target_log_p
-        if grad_value is not None:  # the chain rule through the term: dL/dl += dL/dF dF/dl
-            if a is None:
-                a = grad_value * slope
-                if a.shape != ctx.sample_shape:  # F and its slope may be single numbers
-                    a = a.expand(ctx.sample_shape)
-            else:
-                a = torch.addcmul(a, grad_value, slope)
+        a = chain_through_term(grad_target_log_p, grad_value, slope, ctx.sample_shape)
         a = None if a is None else a.unsqueeze(1)
         if grad_sums is None:
             if a is None:

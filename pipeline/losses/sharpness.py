@@ -44,6 +44,7 @@ from torch.nn.modules.loss import _Loss
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.losses._checks import (
     Term,
+    chain_through_term,
     check_and_split,
     check_ignore_index,
     check_number,
@@ -94,7 +95,7 @@ class _Term(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         (slope,) = ctx.saved_tensors
-        return (grad * slope).expand(ctx.shape), None
+        return chain_through_term(None, grad, slope, ctx.shape), None
 
 
 class _MulticlassMargin(torch.autograd.Function):
@@ -121,12 +122,7 @@ class _MulticlassMargin(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_margin, grad_value):  # noqa: D102
         others, best_other, index, slope = ctx.saved_tensors
-        grad = grad_margin
-        if grad_value is not None:  # the chain rule through the term
-            through_term = grad_value * slope
-            if through_term.shape != ctx.shape:  # F and its slope may be single numbers
-                through_term = through_term.expand(ctx.shape)
-            grad = through_term if grad is None else grad + through_term
+        grad = chain_through_term(grad_margin, grad_value, slope, ctx.shape)
         if grad is None:
             return None, None, None
         grad = grad.unsqueeze(1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.losses._checks import check_and_split, check_inputs, reduce_masked, safe_pow, valid_mask
+from pipeline.losses._checks import check_and_split, check_inputs, reduce_term, safe_pow, valid_mask
 
 
 def test_check_inputs_accepts_both_shapes_and_ignore_index():
@@ -56,12 +56,12 @@ def test_check_and_split_names_an_unknown_label_beside_ignored_ones(target, bad)
         check_and_split(torch.zeros(3, 3), torch.tensor(target), 3, -100)
 
 
-def test_reduce_masked_by_hand():
+def test_reduce_term_by_hand():
     loss = torch.tensor([1.0, 2.0, 4.0])
     valid = valid_mask(torch.tensor([0, -100, 1]), -100)
-    assert reduce_masked(loss, valid, "mean").item() == pytest.approx(2.5)
-    assert reduce_masked(loss, valid, "sum").item() == pytest.approx(5.0)
-    assert torch.equal(reduce_masked(loss, valid, "none"), torch.tensor([1.0, 0.0, 4.0]))
+    assert reduce_term(loss, None, valid, "mean")[0].item() == pytest.approx(2.5)
+    assert reduce_term(loss, None, valid, "sum")[0].item() == pytest.approx(5.0)
+    assert torch.equal(reduce_term(loss, None, valid, "none")[0], torch.tensor([1.0, 0.0, 4.0]))
 
 
 def test_safe_pow_value_and_zero_gradient_at_zero():
