@@ -136,9 +136,15 @@ def _aten_calls(loss: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
 
 
 def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """(c): forward+backward of every registered loss, relative to CE at the same shapes. The losses
-    are timed round-robin (one step of each, then the next round), so that a busy machine slows
-    them alike and the ratios hold."""
+    """(c): forward+backward of every registered loss, relative to CE at the same shapes, two ways:
+
+    - ``vs_ce``: all losses round-robin (one step of each, then the next round), so that a busy
+      machine slows them alike and the ratios hold; each loss then runs after the others, with
+      their code and data in the caches;
+    - ``vs_ce_paired``: each loss alternated with CE alone (loss, CE, loss, ...), as a run uses one
+      loss every step: its own steady state against CE's. At a classification batch's size the time
+      is operator dispatch, and Python-heavy losses read up to 0.25x higher round-robin than paired
+      (docs/BENCHMARKS.md §7 (k)); at a segmentation batch's size the two agree."""
     from pipeline.errors import ConfigError
     from pipeline.losses import available_losses, build_loss
 
@@ -150,8 +156,8 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
         # its scale of 30 would put most probabilities among float32's denormals, slow on x86 CPUs
         cosines = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
         targets = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator).to(device)
-        rows: dict[str, dict[str, Any]] = {}
-        losses = {}
+        skipped: dict[str, str] = {}
+        losses: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
         for name in available_losses(None if task == "segmentation" else "classification"):
             try:
                 loss = build_loss(name, num_classes=shape[1], class_counts=ISIC_COUNTS,
@@ -160,27 +166,39 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
                     loss.set_step(0, 1000, steps_per_epoch=100)
                 inputs = cosines if getattr(loss, "head", None) == "cosine" else logits
                 loss(inputs.detach().requires_grad_(True), targets).backward()  # refuses wrong shapes here
-                losses[name], rows[name] = (loss, inputs), {"times": []}
+                losses[name] = (loss, inputs)
             except (ConfigError, ValueError, RuntimeError) as err:  # a loss that does not take this task's shapes
-                rows[name] = {"skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
-        for i in range(warmup + repeats):
-            for name, (loss, inputs) in losses.items():
-                x = inputs.detach().requires_grad_(True)
-                _sync(device)
-                started = time.perf_counter()
-                loss(x, targets).backward()
-                _sync(device)
-                if i >= warmup:
-                    rows[name]["times"].append(time.perf_counter() - started)
-        for name, (loss, inputs) in losses.items():
-            rows[name] = {"ms": 1e3 * statistics.median(rows[name].pop("times")),
-                          "aten_calls": _aten_calls(loss, inputs, targets)}
-        reference = rows.get("ce", {}).get("ms")
-        for row in rows.values():
-            if "ms" in row and reference:
-                row["vs_ce"] = row["ms"] / reference
+                skipped[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        medians = _median_times(losses, targets, device, repeats, warmup)
+        rows: dict[str, dict[str, Any]] = {}
+        for name in available_losses(None if task == "segmentation" else "classification"):
+            if name in skipped:
+                rows[name] = {"skipped": skipped[name]}
+                continue
+            loss, inputs = losses[name]
+            rows[name] = {"ms": 1e3 * medians[name], "aten_calls": _aten_calls(loss, inputs, targets)}
+            if "ce" in losses:
+                rows[name]["vs_ce"] = medians[name] / medians["ce"]
+                paired = _median_times({name: losses[name], "ce": losses["ce"]}, targets, device, repeats, warmup)
+                rows[name]["vs_ce_paired"] = paired[name] / paired["ce"]
         out[task] = {"shape": list(shape), "losses": rows}
     return out
+
+
+def _median_times(losses: dict[str, tuple[torch.nn.Module, torch.Tensor]], targets: torch.Tensor,
+                  device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of one forward+backward of each (loss, inputs), the losses taken round-robin."""
+    times: dict[str, list[float]] = {name: [] for name in losses}
+    for i in range(warmup + repeats):
+        for name, (loss, inputs) in losses.items():
+            x = inputs.detach().requires_grad_(True)
+            _sync(device)
+            started = time.perf_counter()
+            loss(x, targets).backward()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _augment_on_device(input_transform: Any) -> str | bool:
@@ -235,9 +253,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              f"(median {limit['median_step_ms']:.1f})",
              f"    ratio (a)/(b): {result['ratio_pipeline_to_limit']:.2f}"]
     for task, block in result.get("losses", {}).items():
-        lines.append(f"(c) {task} losses, forward+backward at {block['shape']} (x CE):")
+        lines.append(f"(c) {task} losses, forward+backward at {block['shape']} (x CE: round-robin, and alternated with CE alone):")
         for name, row in block["losses"].items():
             lines.append(f"    {name:18s} " + (f"{row['ms']:8.2f} ms  {row.get('vs_ce', float('nan')):5.2f}x  "
+                                              f"(paired {row.get('vs_ce_paired', float('nan')):4.2f}x)  "
                                               f"{row['aten_calls']:3d} ATen ops"
                                               if "ms" in row else f"skipped ({row['skipped']})"))
     return lines

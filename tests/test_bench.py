@@ -50,7 +50,8 @@ def test_loss_timings_time_every_loss_against_ce_and_count_its_operators(monkeyp
     assert set(segmentation) == set(available_losses(None))
     assert set(classification) == set(available_losses("classification"))
     for rows in (classification, segmentation):
-        assert rows["ce"]["vs_ce"] == 1.0
+        assert rows["ce"]["vs_ce"] == 1.0 and rows["ce"]["vs_ce_paired"] == 1.0
+        assert all(row["vs_ce_paired"] > 0 for row in rows.values())  # each loss also alternated with CE alone
         for row in rows.values():
             assert row["ms"] > 0 and row["aten_calls"] > 0  # every loss runs at both shapes it accepts
     assert segmentation["ce"]["aten_calls"] < segmentation["dice_ce"]["aten_calls"]

@@ -183,8 +183,9 @@ def reduce_term(
         return value, slope
     if reduction == "sum":
         return value.sum(), slope
-    if total is None and valid is None:
-        return value.mean(), (None if slope is None else slope / value.numel())
+    if total is None and valid is None:  # by a 0-dim tensor, not a Python number (sharpness.gain_term says why)
+        scale = torch.scalar_tensor(1.0 / value.numel(), dtype=value.dtype)
+        return value.sum().mul_(scale), (None if slope is None else slope * scale)
     count = valid.sum() if total is None else total
     return value.sum() / count, (None if slope is None else slope / count)
 

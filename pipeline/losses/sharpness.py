@@ -64,9 +64,14 @@ def gain_term(
     w phi_eps'(x) = -w eps / (x^2 + eps)^(3/2), in closed form (a term, pipeline.losses._checks.Term:
     a third of the passes of autograd's graph over x, x^2, + eps, rsqrt and the product at a
     segmentation batch's size). ``weight``: w per sample (None: 1)."""
-    inverse_root = (margin * margin).add_(eps).rsqrt_()  # (x^2 + eps)^(-1/2)
-    value = (margin * inverse_root).neg_().add_(1.0)
-    slope = inverse_root.pow_(3).mul_(-eps) if with_slope else None
+    # the constants as 0-dim tensors: at a classification batch's size an operation with a Python number
+    # costs 2 us on the CPU, one with a tensor 0.8 us (the number is wrapped in a tensor every call)
+    def constant(number: float) -> torch.Tensor:
+        return torch.scalar_tensor(number, dtype=margin.dtype)
+
+    inverse_root = torch.addcmul(constant(eps), margin, margin).rsqrt_()  # (x^2 + eps)^(-1/2)
+    value = torch.addcmul(constant(1.0), margin, inverse_root, value=-1.0)  # 1 - x / sqrt(x^2 + eps)
+    slope = inverse_root.square().mul_(inverse_root).mul_(constant(-eps)) if with_slope else None
     if weight is not None:
         value.mul_(weight)
         slope = None if slope is None else slope.mul_(weight)
@@ -111,7 +116,7 @@ class _MulticlassMargin(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         others = logits.scatter(1, index, float("-inf"))
         best_other = others.amax(dim=1, keepdim=True)
-        margin = (logits.gather(1, index) - best_other).squeeze(1)
+        margin = logits.gather(1, index).sub_(best_other).squeeze(1)
         value = slope = None
         if term is not None:
             value, slope = term(margin, ctx.needs_input_grad[0])
@@ -126,7 +131,8 @@ class _MulticlassMargin(torch.autograd.Function):
         if grad is None:
             return None, None, None
         grad = grad.unsqueeze(1)
-        out = torch.ge(others, best_other).to(grad.dtype)  # the largest others (>= is == here, and faster)
+        # the largest others (>= is == here, and faster), written as 0/1 straight into the gradient's dtype
+        out = torch.ge(others, best_other, out=torch.empty_like(others, dtype=grad.dtype))
         out.mul_(grad.neg() / out.sum(dim=1, keepdim=True))
         return out.scatter_add_(1, index, grad), None, None
 
