@@ -13,7 +13,8 @@ Measured in one process, side by side, so that ratios hold on a busy machine:
     already on the device: what the model alone allows.
     Their ratio (a)/(b) in images per second is the share of the model's speed the pipeline keeps.
 (c) ``--losses``: forward+backward time of every registered loss against plain cross-entropy at
-    the same shapes: classification 256 x 7 logits, segmentation 8 x 7 x 256 x 256.
+    the same shapes: classification 256 x 7 logits, segmentation 8 x 7 x 256 x 256; round-robin with
+    all the losses and alternated with CE alone (``loss_timings``).
 
 (a) and (b) are rates over all their timed steps after ``--warmup`` untimed ones (CUDA: synchronised),
 with the median step beside them: a loader that cannot keep up serves its prefetched batches at once,
@@ -142,9 +143,10 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
       machine slows them alike and the ratios hold; each loss then runs after the others, with
       their code and data in the caches;
     - ``vs_ce_paired``: each loss alternated with CE alone (loss, CE, loss, ...), as a run uses one
-      loss every step: its own steady state against CE's. At a classification batch's size the time
-      is operator dispatch, and Python-heavy losses read up to 0.25x higher round-robin than paired
-      (docs/BENCHMARKS.md §7 (k)); at a segmentation batch's size the two agree."""
+      loss every step: its own steady state against CE's.
+    The two disagree (docs/BENCHMARKS.md §7 (k)): at a classification batch's size, where the time is
+    operator dispatch, Python-heavy losses read up to 0.3x higher round-robin than paired; at a
+    segmentation batch's size the region losses read up to 0.2x higher paired."""
     from pipeline.errors import ConfigError
     from pipeline.losses import available_losses, build_loss
 
