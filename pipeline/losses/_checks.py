@@ -184,7 +184,7 @@ def reduce_term(
     if reduction == "sum":
         return value.sum(), slope
     if total is None and valid is None:  # by a 0-dim tensor, not a Python number (sharpness.gain_term says why)
-        scale = torch.scalar_tensor(1.0 / value.numel(), dtype=value.dtype)
+        scale = torch.scalar_tensor(1.0 / value.numel(), dtype=value.dtype, device=value.device)
         return value.sum().mul_(scale), (None if slope is None else slope * scale)
     count = valid.sum() if total is None else total
     return value.sum() / count, (None if slope is None else slope / count)

@@ -67,7 +67,7 @@ def gain_term(
     # the constants as 0-dim tensors: at a classification batch's size an operation with a Python number
     # costs 2 us on the CPU, one with a tensor 0.8 us (the number is wrapped in a tensor every call)
     def constant(number: float) -> torch.Tensor:
-        return torch.scalar_tensor(number, dtype=margin.dtype)
+        return torch.scalar_tensor(number, dtype=margin.dtype, device=margin.device)
 
     inverse_root = torch.addcmul(constant(eps), margin, margin).rsqrt_()  # (x^2 + eps)^(-1/2)
     value = torch.addcmul(constant(1.0), margin, inverse_root, value=-1.0)  # 1 - x / sqrt(x^2 + eps)
