@@ -158,9 +158,10 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
         # its scale of 30 would put most probabilities among float32's denormals, slow on x86 CPUs
         cosines = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
         targets = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator).to(device)
+        names = available_losses(None if task == "segmentation" else "classification")
         skipped: dict[str, str] = {}
         losses: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
-        for name in available_losses(None if task == "segmentation" else "classification"):
+        for name in names:
             try:
                 loss = build_loss(name, num_classes=shape[1], class_counts=ISIC_COUNTS,
                                   **REQUIRED_PARAMS.get(name, {})).to(device)
@@ -173,7 +174,7 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
                 skipped[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         medians = _median_times(losses, targets, device, repeats, warmup)
         rows: dict[str, dict[str, Any]] = {}
-        for name in available_losses(None if task == "segmentation" else "classification"):
+        for name in names:
             if name in skipped:
                 rows[name] = {"skipped": skipped[name]}
                 continue
@@ -181,7 +182,8 @@ def loss_timings(device: torch.device, repeats: int = 20, warmup: int = 3) -> di
             rows[name] = {"ms": 1e3 * medians[name], "aten_calls": _aten_calls(loss, inputs, targets)}
             if "ce" in losses:
                 rows[name]["vs_ce"] = medians[name] / medians["ce"]
-                paired = _median_times({name: losses[name], "ce": losses["ce"]}, targets, device, repeats, warmup)
+                paired = (_median_times({name: losses[name], "ce": losses["ce"]}, targets, device, repeats, warmup)
+                          if name != "ce" else {"ce": 1.0})
                 rows[name]["vs_ce_paired"] = paired[name] / paired["ce"]
         out[task] = {"shape": list(shape), "losses": rows}
     return out

@@ -183,11 +183,19 @@ def reduce_term(
         return value, slope
     if reduction == "sum":
         return value.sum(), slope
-    if total is None and valid is None:  # by a 0-dim tensor, not a Python number (sharpness.gain_term says why)
-        scale = torch.scalar_tensor(1.0 / value.numel(), dtype=value.dtype, device=value.device)
+    if total is None and valid is None:
+        scale = constant(1.0 / value.numel(), value)
         return value.sum().mul_(scale), (None if slope is None else slope * scale)
     count = valid.sum() if total is None else total
     return value.sum() / count, (None if slope is None else slope / count)
+
+
+def constant(number: float, like: torch.Tensor) -> torch.Tensor:
+    """``number`` as a 0-dim tensor of ``like``'s dtype and device, for the hot arithmetic of a loss: at a
+    classification batch's size an operator with a Python number costs about 2 us on the CPU and the same
+    operator with a 0-dim tensor 0.8 us (the number is wrapped in a new tensor every call;
+    docs/BENCHMARKS.md §7 (k))."""
+    return torch.scalar_tensor(number, dtype=like.dtype, device=like.device)
 
 
 def chain_through_term(
